@@ -1,0 +1,44 @@
+"""User-facing errors: one clear message, no traceback wall.
+
+Entry points catch :class:`AttnfitError` and print ``str(error)``; everything else is a bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AttnfitError(Exception):
+    """A mistake in the user's config, data or files, explained in one message."""
+
+
+class ConfigError(AttnfitError):
+    """A config value that cannot work."""
+
+
+class DataError(AttnfitError):
+    """Data that is missing, empty or malformed."""
+
+
+class CheckpointError(AttnfitError):
+    """A checkpoint or exported model that cannot be loaded as asked."""
+
+
+def choice_error(
+    what: str, value: object, choices: Iterable[str], cls: type[AttnfitError] = ConfigError
+) -> AttnfitError:
+    """Build an error naming the bad ``value`` of ``what``, the valid choices and the closest one."""
+    choices = sorted(choices)
+    message = f"unknown {what} {value!r}; valid choices: {', '.join(choices)}"
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    return cls(message)
+
+
+def check_choice(what: str, value: object, choices: Iterable[str], cls: type[AttnfitError] = ConfigError) -> None:
+    """Raise :func:`choice_error` unless ``value`` is one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise choice_error(what, value, choices, cls)

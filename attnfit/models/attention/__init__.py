@@ -1,0 +1,37 @@
+"""Attention types behind one interface (see :mod:`attnfit.models.attention.base`)."""
+
+from __future__ import annotations
+
+from attnfit.errors import check_choice
+from attnfit.models.attention.base import MultiHeadAttention
+from attnfit.models.attention.global_attention import GlobalAttention
+from attnfit.models.attention.local_attention import LocalAttention
+from attnfit.models.attention.pooling import AttentionPooling
+from attnfit.models.attention.scores import SCORES
+from attnfit.models.attention.self_attention import SelfAttention
+
+ATTENTION_TYPES = ("global", "local", "self")
+
+
+def build_attention(
+    kind: str, dim: int, num_heads: int = 1, score: str = "dot", window: int = 16, dropout: float = 0.0
+) -> MultiHeadAttention:
+    """Build an attention layer of type ``kind`` (``global``, ``local`` or ``self``)."""
+    check_choice("attention", kind, ATTENTION_TYPES)
+    if kind == "global":
+        return GlobalAttention(dim, num_heads, score, dropout)
+    if kind == "local":
+        return LocalAttention(dim, num_heads, window, score, dropout)
+    return SelfAttention(dim, num_heads, dropout)
+
+
+__all__ = [
+    "ATTENTION_TYPES",
+    "SCORES",
+    "AttentionPooling",
+    "GlobalAttention",
+    "LocalAttention",
+    "MultiHeadAttention",
+    "SelfAttention",
+    "build_attention",
+]

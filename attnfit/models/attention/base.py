@@ -1,0 +1,82 @@
+"""The one attention interface every attention type implements.
+
+``forward(query, key=None, value=None, key_padding_mask=None, causal=False, need_weights=False)``
+
+- ``query (B, Tq, D)``; ``key``/``value (B, Tk, D)`` default to ``query`` (self-attention).
+- ``key_padding_mask (B, Tk)`` bool, True at padding (PyTorch's convention).
+- ``causal``: query ``i`` sees keys up to its own position. With ``Tq < Tk`` (incremental decoding) queries
+  are aligned to the *last* ``Tq`` keys.
+- Returns ``(context (B, Tq, D), weights (B, H, Tq, Tk) or None)``; weights only when ``need_weights``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from attnfit.errors import ConfigError
+
+
+class MultiHeadAttention(nn.Module):
+    """Query/key/value/output projections and head splitting; subclasses implement :meth:`attend`."""
+
+    def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise ConfigError(f"attention.num_heads={num_heads} must be ≥ 1 and divide model.dim={dim}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(dim, dim, bias=bias)
+        self.v_proj = nn.Linear(dim, dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def _split(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, d)
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        key = query if key is None else key
+        value = key if value is None else value
+        q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
+        context, weights = self.attend(q, k, v, key_padding_mask, causal, need_weights)  # (B, H, Tq, d)
+        context = context.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)
+        return self.out_proj(context), weights
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+
+def blocked_positions(
+    key_padding_mask: Tensor | None, causal: bool, tq: int, tk: int, device: torch.device
+) -> Tensor | None:
+    """Bool mask broadcastable to ``(B, H, Tq, Tk)``: True where a query must not look."""
+    mask = None
+    if causal:
+        offset = tk - tq  # queries are the last tq positions
+        q_pos = torch.arange(tq, device=device)[:, None] + offset
+        mask = torch.arange(tk, device=device)[None, :] > q_pos  # (Tq, Tk)
+    if key_padding_mask is not None:
+        pad = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+        mask = pad if mask is None else (mask | pad)
+    return mask
+
+
+def masked_softmax(scores: Tensor, blocked: Tensor | None) -> Tensor:
+    """Softmax over the last dim ignoring ``blocked`` entries.
+
+    A finite fill (not -inf) keeps fully blocked rows (queries at padding) finite: they get uniform weights,
+    and their outputs are ignored downstream, instead of NaNs that would poison the gradients.
+    """
+    if blocked is not None:
+        scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores.float(), dim=-1).to(scores.dtype)

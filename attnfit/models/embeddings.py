@@ -1,0 +1,44 @@
+"""Token embeddings plus learned or sinusoidal absolute positions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal_table(max_len: int, dim: int) -> Tensor:
+    """The fixed ``(max_len, dim)`` sine/cosine table of Vaswani et al."""
+    position = torch.arange(max_len, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+class Embeddings(nn.Module):
+    """``ids (B, T) → (B, T, D)``."""
+
+    def __init__(self, vocab_size: int, dim: int, max_len: int, position: str, pad_id: int, dropout: float) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.token = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        self.position = nn.Embedding(max_len, dim) if position == "learned" else None
+        if position == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_table(max_len, dim), persistent=False)
+        else:
+            self.sinusoid = None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, input_ids: Tensor, offset: int = 0) -> Tensor:
+        T = input_ids.shape[1]
+        if offset + T > self.max_len:
+            raise ValueError(f"sequence of {offset + T} tokens exceeds the model's max_len={self.max_len}")
+        x = self.token(input_ids)
+        if self.position is not None:
+            x = x + self.position(torch.arange(offset, offset + T, device=input_ids.device))
+        elif self.sinusoid is not None:
+            x = x + self.sinusoid[offset : offset + T]
+        return self.dropout(x)
