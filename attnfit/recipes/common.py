@@ -1,0 +1,110 @@
+"""Pieces every recipe shares: config checks, the Trainer with its callbacks/logger, and the final report."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from attnfit.errors import ConfigError
+from attnfit.training.callbacks import SaveLastOnTrainEnd, TokenThroughput
+
+log = logging.getLogger("attnfit")
+
+
+def container(node: Any) -> Any:
+    """A resolved plain-Python copy of a config node (what models and checkpoints take)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, monitor: str = "val/loss", mode: str = "min") -> L.Trainer:
+    """Lightning Trainer from ``cfg.trainer`` with attnfit's checkpoints, TensorBoard logger and progress bar."""
+    kwargs = container(cfg.trainer)
+    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            raise ConfigError(
+                f"unknown trainer option trainer.{key}" + (f" (did you mean trainer.{close[0]}?)" if close else "")
+            )
+    ckpt_cfg = cfg.callbacks.checkpoint
+    checkpoint_dir = output_dir / "checkpoints"
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="best-step{step:06d}",
+            auto_insert_metric_name=False,
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=True,
+        ),
+        SaveLastOnTrainEnd(str(checkpoint_dir / "last.ckpt")),
+        LearningRateMonitor(logging_interval="step"),
+        TokenThroughput(every_n_batches=max(1, int(kwargs.get("log_every_n_steps", 10)))),
+    ]
+    if ckpt_cfg.every_n_steps:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                filename="step{step:06d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=int(ckpt_cfg.every_n_steps),
+                save_top_k=int(ckpt_cfg.keep_last_k),
+                monitor="step",
+                mode="max",
+            )
+        )
+    if cfg.callbacks.progress_bar == "rich":
+        callbacks.append(RichProgressBar(leave=True))
+    logger = TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="", default_hp_metric=False)
+    kwargs.setdefault("enable_progress_bar", cfg.callbacks.progress_bar != "none")
+    return L.Trainer(default_root_dir=str(output_dir), logger=logger, callbacks=callbacks, **kwargs)
+
+
+def total_training_steps(trainer_cfg: DictConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps the schedule spans: ``max_steps``, or epochs × batches / accumulation."""
+    if trainer_cfg.get("max_steps", -1) and trainer_cfg.get("max_steps", -1) > 0:
+        return int(trainer_cfg.max_steps)
+    epochs = trainer_cfg.get("max_epochs") or 1
+    return max(1, math.ceil(batches_per_epoch / trainer_cfg.get("accumulate_grad_batches", 1)) * epochs)
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """Config flattened to ``a.b.c`` keys with TensorBoard-friendly values, for the hparams tab."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk(container(cfg), "")
+    return {k: v for k, v in flat.items() if not k.startswith(("paths.", "hydra."))}
+
+
+def final_metrics(trainer: L.Trainer, checkpoint: ModelCheckpoint | None) -> dict[str, float]:
+    """Last logged metrics plus the best monitored score, as plain floats."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+    metrics["step"] = float(trainer.global_step)
+    return metrics
+
+
+def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> Path:
+    """``metrics.json`` in the run directory: the machine-readable result of a run."""
+    path = output_dir / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return path

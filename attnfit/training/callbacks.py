@@ -1,0 +1,59 @@
+"""Callbacks: token throughput for the progress bar and TensorBoard."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+
+class TokenThroughput(L.Callback):
+    """Logs ``train/tokens_per_s``: non-padding tokens per wall-clock second over each logging interval.
+
+    Counts come from the collator as Python ints, so measuring costs no device synchronisation.
+    """
+
+    def __init__(self, every_n_batches: int = 10) -> None:
+        self.every_n_batches = every_n_batches
+        self._tokens, self._start = 0, None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._tokens += int(batch["num_tokens"])
+        if (batch_idx + 1) % self.every_n_batches == 0:
+            elapsed = time.perf_counter() - self._start
+            rate = self._tokens / max(elapsed, 1e-9)
+            pl_module.log("train/tokens_per_s", rate)
+            pl_module.log("tok/s", rate, prog_bar=True, logger=False)
+            self._tokens, self._start = 0, time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._tokens, self._start = 0, None  # validation time is not training throughput
+
+
+class SaveLastOnTrainEnd(L.Callback):
+    """Write ``last.ckpt`` when training ends, unless it already holds the final step.
+
+    ModelCheckpoint saves after validation and at epoch ends; a run that stops on ``max_steps`` between
+    two validations would otherwise leave its last steps out of ``last.ckpt``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._saved_step = -1
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._saved_step or not Path(self.path).exists():
+            trainer.save_checkpoint(self.path)

@@ -1,0 +1,94 @@
+"""LightningModule for masked- and causal-LM pretraining."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnfit.models import LanguageModel, ModelConfig
+from attnfit.training import checkpoint as ckpt
+from attnfit.training.optim import build_optimizer, build_scheduler, decay_groups
+
+
+class LanguageModelingModule(L.LightningModule):
+    """Wraps :class:`LanguageModel`; every constructor argument is plain data, saved as hyper-parameters."""
+
+    def __init__(
+        self,
+        model: dict,
+        optimizer: dict,
+        scheduler: dict,
+        total_steps: int,
+        tokenizer_json: str = "",
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer_json"], logger=False)
+        self.model_config = ModelConfig.from_dict(model)
+        self.model = LanguageModel(self.model_config)
+        self.tokenizer_json = tokenizer_json
+        backbone = self.model.backbone
+        self.forward_fn = torch.compile(backbone) if compile else backbone  # hidden states; heads run in _step
+
+    @property
+    def task(self) -> str:
+        return "clm" if self.model_config.causal else "mlm"
+
+    def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return self.model(input_ids, padding_mask)
+
+    def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """Loss, correct predictions and labelled-token count for one batch."""
+        hidden = self.forward_fn(batch["input_ids"], batch["padding_mask"])[0]
+        labels = batch["labels"]
+        if self.model_config.causal:
+            hidden, labels = hidden[:, :-1], labels[:, 1:]  # position t predicts token t + 1
+        else:
+            # Only masked positions (~15%) have labels: skip the vocabulary projection everywhere else.
+            selected = labels != -100
+            hidden, labels = hidden[selected], labels[selected]
+        logits = self.model.head(hidden)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        labelled = labels != -100
+        correct = (logits.argmax(-1) == labels) & labelled
+        return loss, correct.sum(), labelled.sum()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, _, _ = self._step(batch)
+        self.log("train/loss", loss)
+        self.log("loss", loss, prog_bar=True, logger=False)
+        self.log("train/ppl", torch.exp(loss.detach().clamp(max=50)))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss·n, correct, n
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, correct, count = self._step(batch)
+        self._val += torch.stack([loss.double() * count, correct.double(), count.double()])
+
+    def on_validation_epoch_end(self) -> None:
+        total = self.trainer.strategy.reduce(self._val, reduce_op="sum")  # token-weighted across batches and ranks
+        loss = (total[0] / total[2].clamp(min=1)).float()
+        self.log("val/loss", loss)
+        self.log("val_loss", loss, prog_bar=True, logger=False)
+        self.log("val/ppl", torch.exp(loss.clamp(max=50)))
+        self.log("val/acc", (total[1] / total[2].clamp(min=1)).float())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = dict(self.hparams.optimizer)
+        optimizer = build_optimizer(decay_groups(self.model, opt.pop("weight_decay", 0.01)), **opt)
+        sched = dict(self.hparams.scheduler)
+        scheduler = build_scheduler(optimizer, sched.pop("name"), self.hparams.total_steps, **sched)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[ckpt.KEY] = ckpt.metadata(self.model_config.to_dict(), self.task, self.tokenizer_json)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokenizer_json = checkpoint.get(ckpt.KEY, {}).get("tokenizer", self.tokenizer_json)

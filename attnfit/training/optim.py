@@ -1,0 +1,72 @@
+"""AdamW with weight-decay groups, and warmup + cosine/linear/constant schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from attnfit.errors import ConfigError, check_choice
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: biases, norms and embeddings are left alone, as in BERT/GPT recipes."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))  # tied weights appear twice
+            plain = isinstance(module, (nn.LayerNorm, nn.Embedding)) or name.endswith("bias") or param.dim() < 2
+            (no_decay if plain else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(
+    groups: Iterable[dict],
+    name: str = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """AdamW (or Adam) over parameter ``groups``; groups may carry their own ``lr`` and ``weight_decay``."""
+    check_choice("optimizer", name, ("adamw", "adam"))
+    if lr <= 0:
+        raise ConfigError(f"optimizer.lr={lr} must be > 0")
+    if weight_decay < 0:
+        raise ConfigError(f"optimizer.weight_decay={weight_decay} must be ≥ 0")
+    groups = [g for g in groups if g["params"]]
+    if name == "adam":
+        for group in groups:
+            group["weight_decay"] = 0.0
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+
+
+def lr_multiplier(step: int, name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup to 1, then ``name`` decay to ``min_lr_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if name == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if name == "cosine" else 1 - progress
+    return min_lr_ratio + (1 - min_lr_ratio) * shape
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step schedule; its position is restored from checkpoints by Lightning."""
+    check_choice("scheduler", name, SCHEDULES)
+    if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+        raise ConfigError(
+            f"scheduler.warmup_steps={warmup_steps} must be ≥ 0 and scheduler.min_lr_ratio={min_lr_ratio} in [0, 1]"
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, name, warmup_steps, total_steps, min_lr_ratio)
+    )

@@ -1,0 +1,119 @@
+"""``attnfit-train`` end to end: run directory, checkpoints, TensorBoard, resume, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_train_writes_a_complete_run_directory(run_cli, tmp_path, task):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *TINY, f"task={task}", f"hydra.run.dir={run_dir}")
+    assert f"run directory: {run_dir}" in proc.stdout
+    assert "unigram baseline" in proc.stdout
+
+    config = (run_dir / "config.yaml").read_text()
+    assert OmegaConf.create(config).task.name == task and "${" not in config  # resolved config
+    assert (run_dir / "tokenizer.json").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert list((run_dir / "checkpoints").glob("best-step*.ckpt"))
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    tags = scalars(run_dir)
+    for tag in ("train/loss", "train/ppl", "train/tokens_per_s", "val/loss", "val/ppl", "val/acc"):
+        assert tag in tags, sorted(tags)
+    assert any(tag.startswith("lr") for tag in tags)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 6 and metrics["val/loss"] > 0
+
+    # The checkpoint carries the model config and tokenizer as plain data: it loads with weights_only=True.
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["attnfit"]["task"] == task
+    assert checkpoint["attnfit"]["tokenizer"] == (run_dir / "tokenizer.json").read_text()
+    assert checkpoint["attnfit"]["model_config"]["causal"] is (task == "clm")
+
+
+def test_resume_continues_from_the_saved_step(run_cli, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_cli("train", *TINY, f"hydra.run.dir={first}")
+    last = first / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 6
+
+    run_cli("train", *TINY, "trainer.max_steps=10", f"ckpt_path={last}", f"hydra.run.dir={second}")
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 10
+    # The optimizer continued rather than restarting: Adam's step counter went on from 6.
+    assert next(iter(resumed["optimizer_states"][0]["state"].values()))["step"] == 10
+    steps = [step for step, _ in scalars(second)["train/loss"]]
+    assert steps == [6, 7, 8, 9], steps  # TensorBoard counts from 0: the first run logged 0..5, none is redone
+
+
+@pytest.mark.parametrize(("encoder", "attention", "task"), [("lstm", "local", "clm"), ("cnn", "global", "mlm")])
+def test_training_on_a_local_text_file(run_cli, tmp_path, encoder, attention, task):
+    """The issue's own example: attnfit-train encoder=lstm attention=local data=files data.train=corpus.txt task=clm."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the cat number {i} sat on the mat and looked at dog {i % 7} ." for i in range(400)))
+    run_dir = tmp_path / "run"
+    run_cli(
+        "train",
+        *TINY,
+        f"encoder={encoder}",
+        f"attention={attention}",
+        "data=files",
+        f"data.train={corpus}",
+        f"task={task}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["encoder=rnn"], "Available options in 'encoder'"),
+        (["attention=sparse"], "Available options in 'attention'"),
+        (["task=translate"], "Available options in 'task'"),
+        (["attention=local", "attention.window=64"], "attention.window=64 is not smaller than data.seq_len=32"),
+        (["attention=self", "+attention.score=concat"], "attention=self always uses scaled dot-product"),
+        (["encoder=lstm", "encoder.bidirectional=true", "task=clm"], "cannot be causal"),
+        (["attention.num_heads=3"], "attention.num_heads=3 does not divide model.dim=32"),
+        (["encoder.num_layers=0"], "encoder.num_layers=0 must be ≥ 1"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1 must be > 0"),
+        (["data=files", "data.train=/no/such/corpus.txt"], "/no/such/corpus.txt"),
+        (["+trainer.max_step=3"], "unknown trainer option trainer.max_step (did you mean trainer.max_steps?)"),
+        (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be ≥ 0"),
+        (["ckpt_path=/no/such.ckpt"], "checkpoint /no/such.ckpt does not exist"),
+    ],
+)
+def test_bad_input_stops_with_one_clear_message(run_cli, args, expected):
+    proc = run_cli("train", *TINY, *args, check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "Epoch" not in proc.stdout  # stopped before any training
+
+
+def test_bad_data_files_are_explained(run_cli, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n   \n")
+    proc = run_cli("train", *TINY, "data=files", f"data.train={empty}", check=False)
+    assert proc.returncode == 2 and "empty" in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+    table = tmp_path / "table.csv"
+    table.write_text("body,label\nhello there,1\nbye now,0\n")
+    proc = run_cli("train", *TINY, "data=files", f"data.train={table}", check=False)
+    assert proc.returncode == 2 and "'text'" in proc.stderr and "body" in proc.stderr, proc.stderr
