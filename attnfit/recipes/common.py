@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from attnfit.errors import ConfigError
-from attnfit.training.callbacks import SaveLastOnTrainEnd, TokenThroughput
+from attnfit.errors import ConfigError, check_choice
+from attnfit.training.callbacks import ProgressBar, SaveLastOnTrainEnd, TokenThroughput
 
 log = logging.getLogger("attnfit")
 
@@ -65,10 +65,18 @@ def build_trainer(cfg: DictConfig, output_dir: Path, monitor: str = "val/loss", 
             )
         )
     if cfg.callbacks.progress_bar == "rich":
-        callbacks.append(RichProgressBar(leave=True))
-    logger = TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="", default_hp_metric=False)
+        callbacks.append(ProgressBar(leave=True))
+    logger = build_logger(cfg.logger.kind, output_dir)
     kwargs.setdefault("enable_progress_bar", cfg.callbacks.progress_bar != "none")
     return L.Trainer(default_root_dir=str(output_dir), logger=logger, callbacks=callbacks, **kwargs)
+
+
+def build_logger(kind: str, output_dir: Path) -> Logger:
+    """TensorBoard (``RUN_DIR/tensorboard``) or CSV (``RUN_DIR/csv``) logging."""
+    check_choice("logger", kind, ("tensorboard", "csv"))
+    if kind == "csv":
+        return CSVLogger(save_dir=str(output_dir), name="csv", version="")
+    return TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="", default_hp_metric=False)
 
 
 def total_training_steps(trainer_cfg: DictConfig, batches_per_epoch: int) -> int:
@@ -96,11 +104,23 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def final_metrics(trainer: L.Trainer, checkpoint: ModelCheckpoint | None) -> dict[str, float]:
     """Last logged metrics plus the best monitored score, as plain floats."""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    # Only "split/name" metrics: the short progress-bar aliases (loss, tok/s, val_loss) are display copies.
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("train", "val", "test")}
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     metrics["step"] = float(trainer.global_step)
     return metrics
+
+
+def log_final_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """The config with the run's final metrics: TensorBoard's hparams tab compares runs on them."""
+    logger = trainer.logger
+    if isinstance(logger, TensorBoardLogger):
+        logger.log_hyperparams(flat_hparams(cfg), {f"hparams/{k}": v for k, v in metrics.items()})
+    elif logger is not None:
+        logger.log_hyperparams(flat_hparams(cfg))
+    if logger is not None:
+        logger.finalize("success")
 
 
 def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> Path:

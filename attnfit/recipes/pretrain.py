@@ -27,7 +27,7 @@ from attnfit.recipes.common import (
     build_trainer,
     container,
     final_metrics,
-    flat_hparams,
+    log_final_hparams,
     total_training_steps,
     write_metrics,
 )
@@ -194,9 +194,7 @@ def train(cfg: DictConfig) -> float | None:
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     metrics["unigram_baseline"] = prepared.unigram_baseline
     write_metrics(output_dir, metrics)
-    if trainer.logger is not None:
-        trainer.logger.log_hyperparams(flat_hparams(cfg), {f"hparams/{k}": v for k, v in metrics.items()})
-        trainer.logger.finalize("success")
+    log_final_hparams(trainer, cfg, metrics)
     report(cfg, output_dir, metrics, trainer)
     if module.model_config.causal:
         print_sample(module, prepared.tokenizer_json)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 class TokenThroughput(L.Callback):
@@ -57,3 +58,12 @@ class SaveLastOnTrainEnd(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._saved_step or not Path(self.path).exists():
             trainer.save_checkpoint(self.path)
+
+
+class ProgressBar(RichProgressBar):
+    """Rich progress bar; runs bounded by steps say "Epoch N", not Lightning's "Epoch N/-2"."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
+            return f"Epoch {current_epoch} (step limit {self.trainer.max_steps})"
+        return super()._get_train_description(current_epoch)

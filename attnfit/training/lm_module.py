@@ -31,8 +31,8 @@ class LanguageModelingModule(L.LightningModule):
         self.model_config = ModelConfig.from_dict(model)
         self.model = LanguageModel(self.model_config)
         self.tokenizer_json = tokenizer_json
-        backbone = self.model.backbone
-        self.forward_fn = torch.compile(backbone) if compile else backbone  # hidden states; heads run in _step
+        if compile:
+            self.model.backbone.compile()  # in place: the module tree (and checkpoint keys) stay the same
 
     @property
     def task(self) -> str:
@@ -43,7 +43,7 @@ class LanguageModelingModule(L.LightningModule):
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Loss, correct predictions and labelled-token count for one batch."""
-        hidden = self.forward_fn(batch["input_ids"], batch["padding_mask"])[0]
+        hidden = self.model.backbone(batch["input_ids"], batch["padding_mask"])[0]  # heads run below
         labels = batch["labels"]
         if self.model_config.causal:
             hidden, labels = hidden[:, :-1], labels[:, 1:]  # position t predicts token t + 1

@@ -117,3 +117,11 @@ def test_bad_data_files_are_explained(run_cli, tmp_path):
     table.write_text("body,label\nhello there,1\nbye now,0\n")
     proc = run_cli("train", *TINY, "data=files", f"data.train={table}", check=False)
     assert proc.returncode == 2 and "'text'" in proc.stderr and "body" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("preset", ["fast_dev_run", "limit", "overfit"])
+def test_debug_presets_and_csv_logger_run(run_cli, tmp_path, preset):
+    run_dir = tmp_path / "run"
+    run_cli("train", *TINY, f"debug={preset}", "trainer.max_steps=4", "logger=csv", f"hydra.run.dir={run_dir}")
+    assert (run_dir / "csv" / "metrics.csv").read_text().startswith(("epoch", "lr", "step", "train", "val"))
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
