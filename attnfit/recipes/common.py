@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,7 +26,20 @@ def container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, monitor: str = "val/loss", mode: str = "min") -> L.Trainer:
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config without Hydra's own node, as stored in checkpoints (plain data)."""
+    resolved = container(cfg)
+    resolved.pop("hydra", None)
+    return resolved
+
+
+def build_trainer(
+    cfg: DictConfig,
+    output_dir: Path,
+    monitor: str = "val/loss",
+    mode: str = "min",
+    extra_callbacks: list[L.Callback] | None = None,
+) -> L.Trainer:
     """Lightning Trainer from ``cfg.trainer`` with attnfit's checkpoints, TensorBoard logger and progress bar."""
     kwargs = container(cfg.trainer)
     valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
@@ -64,6 +77,10 @@ def build_trainer(cfg: DictConfig, output_dir: Path, monitor: str = "val/loss", 
                 mode="max",
             )
         )
+    stopping = cfg.callbacks.get("early_stopping")
+    if stopping:
+        callbacks.append(EarlyStopping(monitor=stopping.monitor, mode=stopping.mode, patience=int(stopping.patience)))
+    callbacks.extend(extra_callbacks or [])
     if cfg.callbacks.progress_bar == "rich":
         callbacks.append(ProgressBar(leave=True))
     logger = build_logger(cfg.logger.kind, output_dir)

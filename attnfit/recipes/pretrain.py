@@ -23,15 +23,16 @@ from attnfit.data import (
 )
 from attnfit.errors import CheckpointError, ConfigError, check_choice
 from attnfit.models import ModelConfig
+from attnfit.pretrained import load_artifact
 from attnfit.recipes.common import (
     build_trainer,
     container,
     final_metrics,
     log_final_hparams,
+    run_config,
     total_training_steps,
     write_metrics,
 )
-from attnfit.training.checkpoint import load_checkpoint
 from attnfit.training.datamodule import TokenizedDataModule
 from attnfit.training.lm_module import LanguageModelingModule
 from attnfit.training.optim import build_optimizer, build_scheduler
@@ -155,8 +156,8 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    resume = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
-    prepared = prepare_data(cfg, tokenizer_json=resume["attnfit"]["tokenizer"] if resume else None)
+    resume = load_artifact(cfg.ckpt_path) if cfg.ckpt_path else None
+    prepared = prepare_data(cfg, tokenizer_json=resume.tokenizer_json if resume else None)
     (output_dir / "tokenizer.json").write_text(prepared.tokenizer_json)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     log.info(
@@ -168,7 +169,7 @@ def train(cfg: DictConfig) -> float | None:
     )
 
     model_cfg = model_config_dict(cfg, prepared.vocab_size, prepared.pad_id)
-    if resume is not None and resume["attnfit"]["model_config"] != ModelConfig.from_dict(model_cfg).to_dict():
+    if resume is not None and resume.model_config != ModelConfig.from_dict(model_cfg).to_dict():
         raise CheckpointError(
             f"{cfg.ckpt_path} holds a different model than this config; resume with the config "
             "it was trained with (its run directory has config.yaml)"
@@ -181,6 +182,7 @@ def train(cfg: DictConfig) -> float | None:
         total_steps=total_training_steps(cfg.trainer, batches),
         tokenizer_json=prepared.tokenizer_json,
         compile=bool(cfg.compile),
+        run_config=run_config(cfg),
     )
     log.info(
         "model: %s encoder + %s attention, %.2fM parameters",

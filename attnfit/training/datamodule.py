@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 class RepeatableLoader(DataLoader):
     """Restarts its collator's randomness on every pass, so each evaluation scores the same MLM masks."""
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator:
         reset = getattr(self.collate_fn, "reset", None)
         if reset is not None:
             reset()
@@ -20,7 +20,7 @@ class RepeatableLoader(DataLoader):
 
 
 class TokenizedDataModule(L.LightningDataModule):
-    """Train/validation loaders with the task's collators; shuffling is seeded so runs repeat."""
+    """Train/validation(/test) loaders with the task's collators; shuffling is seeded so runs repeat."""
 
     def __init__(
         self,
@@ -31,9 +31,10 @@ class TokenizedDataModule(L.LightningDataModule):
         batch_size: int,
         num_workers: int = 0,
         seed: int = 0,
+        test: Dataset | None = None,
     ) -> None:
         super().__init__()
-        self.train, self.validation = train, validation
+        self.train, self.validation, self.test = train, validation, test
         self.train_collator, self.val_collator = train_collator, val_collator
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
@@ -56,3 +57,8 @@ class TokenizedDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.validation, self.val_collator, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test is None:
+            raise ValueError("this data has no test split")
+        return self._loader(self.test, self.val_collator, shuffle=False)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnfit.models import LanguageModel, ModelConfig
-from attnfit.training import checkpoint as ckpt
+from attnfit.pretrained import CHECKPOINT_KEY, checkpoint_metadata
 from attnfit.training.optim import build_optimizer, build_scheduler, decay_groups
 
 
@@ -25,12 +25,13 @@ class LanguageModelingModule(L.LightningModule):
         total_steps: int,
         tokenizer_json: str = "",
         compile: bool = False,
+        run_config: dict | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer_json"], logger=False)
+        self.save_hyperparameters(ignore=["tokenizer_json", "run_config"], logger=False)
         self.model_config = ModelConfig.from_dict(model)
         self.model = LanguageModel(self.model_config)
-        self.tokenizer_json = tokenizer_json
+        self.tokenizer_json, self.run_config = tokenizer_json, run_config
         if compile:
             self.model.backbone.compile()  # in place: the module tree (and checkpoint keys) stay the same
 
@@ -65,20 +66,32 @@ class LanguageModelingModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
+    # Validation and test accumulate token-weighted sums, so the epoch loss is exact whatever the batch sizes.
     def on_validation_epoch_start(self) -> None:
-        self._val = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss·n, correct, n
+        self._sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss·n, correct, n
+
+    on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, correct, count = self._step(batch)
-        self._val += torch.stack([loss.double() * count, correct.double(), count.double()])
+        self._sums += torch.stack([loss.double() * count, correct.double(), count.double()])
+
+    test_step = validation_step
+
+    def _log_epoch(self, split: str) -> None:
+        total = self.trainer.strategy.reduce(self._sums, reduce_op="sum")  # across ranks
+        loss = (total[0] / total[2].clamp(min=1)).float()
+        self.log(f"{split}/loss", loss)
+        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)))
+        self.log(f"{split}/acc", (total[1] / total[2].clamp(min=1)).float())
+        if split == "val":
+            self.log("val_loss", loss, prog_bar=True, logger=False)
 
     def on_validation_epoch_end(self) -> None:
-        total = self.trainer.strategy.reduce(self._val, reduce_op="sum")  # token-weighted across batches and ranks
-        loss = (total[0] / total[2].clamp(min=1)).float()
-        self.log("val/loss", loss)
-        self.log("val_loss", loss, prog_bar=True, logger=False)
-        self.log("val/ppl", torch.exp(loss.clamp(max=50)))
-        self.log("val/acc", (total[1] / total[2].clamp(min=1)).float())
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = dict(self.hparams.optimizer)
@@ -88,7 +101,6 @@ class LanguageModelingModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[ckpt.KEY] = ckpt.metadata(self.model_config.to_dict(), self.task, self.tokenizer_json)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.tokenizer_json = checkpoint.get(ckpt.KEY, {}).get("tokenizer", self.tokenizer_json)
+        checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(
+            self.task, self.model_config.to_dict(), self.tokenizer_json, run_config=self.run_config
+        )

@@ -70,3 +70,26 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, name, warmup_steps, total_steps, min_lr_ratio)
     )
+
+
+def layerwise_groups(
+    model: nn.Module, layers: list[list[nn.Parameter]], head: list[nn.Parameter], lr: float, weight_decay: float,
+    layer_decay: float = 1.0, head_lr: float | None = None,
+) -> list[dict]:
+    """Parameter groups for fine-tuning: the top layer at ``lr``, each lower one ``layer_decay`` times smaller
+    (layer-wise LR decay), the new head at ``head_lr``; weight decay split as in :func:`decay_groups`."""
+    if not 0.0 < layer_decay <= 1.0:
+        raise ConfigError(f"finetune.layer_lr_decay={layer_decay} must be in (0, 1]")
+    plain = {id(p) for p in decay_groups(model, 0.0)[1]["params"]}
+    groups = []
+
+    def add(params: list[nn.Parameter], group_lr: float) -> None:
+        for decayed in (True, False):
+            chosen = [p for p in params if (id(p) not in plain) == decayed]
+            if chosen:
+                groups.append({"params": chosen, "lr": group_lr, "weight_decay": weight_decay if decayed else 0.0})
+
+    for depth, params in enumerate(reversed(layers)):
+        add(params, lr * layer_decay**depth)
+    add(head, head_lr if head_lr is not None else lr)
+    return groups

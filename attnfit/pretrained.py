@@ -1,0 +1,207 @@
+"""Saved models in any of their three forms — run directory, Lightning ``.ckpt``, exported directory —
+read as plain data, rebuilt as plain PyTorch modules, and exported as safetensors.
+
+Nothing here imports Lightning or Hydra, so ``attnfit.load_pretrained`` works in any Python program.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnfit.errors import CheckpointError
+
+FORMAT_VERSION = 1
+CHECKPOINT_KEY = "attnfit"  # where a Lightning checkpoint keeps attnfit's plain-data metadata
+EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+
+
+@dataclass
+class Artifact:
+    """Everything needed to rebuild a trained model: configs, tokenizer and weights (model keys, no prefix)."""
+
+    task: str  # mlm | clm | classification
+    model_config: dict[str, Any]
+    tokenizer_json: str
+    state_dict: dict[str, Tensor]
+    source: Path
+    classifier_config: dict[str, Any] | None = None
+    label_names: list[str] | None = None
+    lora: dict[str, Any] | None = None  # LoRA settings when the weights hold unmerged adapters
+    run_config: dict[str, Any] | None = None  # the training run's resolved config, when known
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        """Plain-data description (no weights): what checkpoints and ``config.json`` store."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "task": self.task,
+            "model_config": self.model_config,
+            "classifier_config": self.classifier_config,
+            "label_names": self.label_names,
+            "lora": self.lora,
+        }
+
+
+def checkpoint_metadata(
+    task: str,
+    model_config: dict,
+    tokenizer_json: str,
+    *,
+    classifier_config: dict | None = None,
+    label_names: list[str] | None = None,
+    lora: dict | None = None,
+    run_config: dict | None = None,
+) -> dict[str, Any]:
+    """The ``checkpoint["attnfit"]`` entry written by the training modules (plain data: loads weights-only)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "model_config": model_config,
+        "tokenizer": tokenizer_json,
+        "classifier_config": classifier_config,
+        "label_names": label_names,
+        "lora": lora,
+        "run_config": run_config,
+    }
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its best checkpoint (else ``last.ckpt``); a file or export directory is itself."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir() and not (path / EXPORT_CONFIG).exists():
+        checkpoints = path / "checkpoints"
+        best = sorted(checkpoints.glob("best-*.ckpt"))
+        if best:
+            return best[-1]
+        if (checkpoints / "last.ckpt").exists():
+            return checkpoints / "last.ckpt"
+        raise CheckpointError(
+            f"{path} is neither a run directory (no checkpoints/*.ckpt) nor an exported model (no {EXPORT_CONFIG})"
+        )
+    return path
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Read a run directory, ``.ckpt`` file or exported directory; never unpickles arbitrary objects."""
+    path = resolve_checkpoint(path)
+    if path.is_dir():
+        return _load_export(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # truncated, not a zip, or holds objects that are not plain data
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line}") from None
+    meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or "model_config" not in meta:
+        raise CheckpointError(f"{path} is not an attnfit checkpoint (it has no '{CHECKPOINT_KEY}' metadata)")
+    _check_version(meta, path)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    return Artifact(
+        task=meta["task"],
+        model_config=meta["model_config"],
+        tokenizer_json=meta["tokenizer"],
+        state_dict=state,
+        source=path,
+        classifier_config=meta.get("classifier_config"),
+        label_names=meta.get("label_names"),
+        lora=meta.get("lora"),
+        run_config=meta.get("run_config"),
+    )
+
+
+def _load_export(directory: Path) -> Artifact:
+    from safetensors.torch import load_file
+
+    for name in (EXPORT_CONFIG, EXPORT_WEIGHTS, EXPORT_TOKENIZER):
+        if not (directory / name).exists():
+            raise CheckpointError(f"exported model {directory} is missing {name}")
+    try:
+        meta = json.loads((directory / EXPORT_CONFIG).read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{directory / EXPORT_CONFIG} is not valid JSON: {error}") from None
+    _check_version(meta, directory)
+    return Artifact(
+        task=meta["task"],
+        model_config=meta["model_config"],
+        tokenizer_json=(directory / EXPORT_TOKENIZER).read_text(),
+        state_dict=load_file(directory / EXPORT_WEIGHTS),
+        source=directory,
+        classifier_config=meta.get("classifier_config"),
+        label_names=meta.get("label_names"),
+        lora=meta.get("lora"),
+        run_config=meta.get("run_config"),
+    )
+
+
+def _check_version(meta: dict, path: Path) -> None:
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer attnfit (format {version}, this version reads ≤ {FORMAT_VERSION}); upgrade"
+        )
+
+
+def build_model(artifact: Artifact, load_weights: bool = True) -> nn.Module:
+    """The plain PyTorch model an artifact describes (LoRA adapters re-applied when its weights hold them)."""
+    from attnfit.models import LanguageModel, ModelConfig
+
+    config = ModelConfig.from_dict(artifact.model_config)
+    if artifact.task == "classification":
+        from attnfit.models.classifier import ClassifierConfig, SequenceClassifier
+
+        model: nn.Module = SequenceClassifier(config, ClassifierConfig.from_dict(artifact.classifier_config))
+        model.label_names = list(artifact.label_names or [])
+    else:
+        model = LanguageModel(config)
+    if artifact.lora:
+        from attnfit.models.lora import apply_lora
+
+        apply_lora(model.backbone, **artifact.lora)
+    if load_weights:
+        missing, unexpected = model.load_state_dict(artifact.state_dict, strict=False)
+        tied = {"head.decoder.weight"} if config.tie_embeddings and artifact.task != "classification" else set()
+        if set(missing) - tied or unexpected:
+            raise CheckpointError(
+                f"{artifact.source} does not match its own model config: missing {sorted(set(missing) - tied)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+    return model
+
+
+def load_pretrained(path: str | Path) -> tuple[nn.Module, Any]:
+    """``model, tokenizer = attnfit.load_pretrained(path)`` for an exported directory, run directory or ``.ckpt``.
+
+    The model is in eval mode; classifiers carry ``model.label_names``. The tokenizer is a ``tokenizers.Tokenizer``.
+    """
+    from tokenizers import Tokenizer
+
+    artifact = load_artifact(path)
+    return build_model(artifact).eval(), Tokenizer.from_str(artifact.tokenizer_json)
+
+
+def export(artifact: Artifact, out: str | Path, merge_lora: bool = True) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``tokenizer.json`` to ``out``; LoRA is merged by default."""
+    from safetensors.torch import save_model
+
+    model = build_model(artifact)
+    lora = artifact.lora
+    if lora and merge_lora:
+        from attnfit.models.lora import merge_lora as merge
+
+        merge(model)
+        lora = None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(out / EXPORT_WEIGHTS))  # shared (tied) tensors are stored once
+    meta = {**artifact.metadata(), "lora": lora, "run_config": artifact.run_config}
+    (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / EXPORT_TOKENIZER).write_text(artifact.tokenizer_json)
+    return out
