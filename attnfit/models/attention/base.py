@@ -79,4 +79,6 @@ def masked_softmax(scores: Tensor, blocked: Tensor | None) -> Tensor:
     """
     if blocked is not None:
         scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+    if scores.dtype in (torch.float16, torch.bfloat16):  # half precision: normalise in float32
+        return torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+    return torch.softmax(scores, dim=-1)
