@@ -1,5 +1,14 @@
-"""Data layer: raw text sources, tokenizers, LM tokenization/packing and batch collators."""
+"""Data layer: raw text sources, tokenizers, LM and classification tokenization and batch collators."""
 
+from attnfit.data.classification import (
+    ClassificationCollator,
+    class_weights,
+    default_embedded_classification_dir,
+    encode_labels,
+    label_names_from,
+    load_classification_splits,
+    tokenize_for_classification,
+)
 from attnfit.data.lm import (
     IGNORE_INDEX,
     CLMCollator,
@@ -8,7 +17,13 @@ from attnfit.data.lm import (
     unigram_cross_entropy,
 )
 from attnfit.data.sources import FILE_FORMATS, SOURCE_KINDS, default_embedded_dir, infer_file_format, load_text_splits
-from attnfit.data.synthetic import generate_lm_corpus, write_embedded_corpus
+from attnfit.data.synthetic import (
+    CLASSIFICATION_LABELS,
+    generate_classification_corpus,
+    generate_lm_corpus,
+    write_embedded_classification,
+    write_embedded_corpus,
+)
 from attnfit.data.tokenizer import (
     BOS_ID,
     CLS_ID,
@@ -29,6 +44,7 @@ from attnfit.data.tokenizer import (
 
 __all__ = [
     "BOS_ID",
+    "CLASSIFICATION_LABELS",
     "CLS_ID",
     "EOS_ID",
     "FILE_FORMATS",
@@ -41,18 +57,27 @@ __all__ = [
     "TOKENIZER_KINDS",
     "UNK_ID",
     "CLMCollator",
+    "ClassificationCollator",
     "MLMCollator",
+    "class_weights",
+    "default_embedded_classification_dir",
     "default_embedded_dir",
+    "encode_labels",
+    "generate_classification_corpus",
     "generate_lm_corpus",
     "get_tokenizer",
     "infer_file_format",
+    "label_names_from",
+    "load_classification_splits",
     "load_text_splits",
     "load_tokenizer",
     "special_token_id",
     "special_token_ids",
+    "tokenize_for_classification",
     "tokenize_for_lm",
     "tokenizer_fingerprint",
     "train_tokenizer",
     "unigram_cross_entropy",
+    "write_embedded_classification",
     "write_embedded_corpus",
 ]

@@ -6,12 +6,14 @@ Everything goes through ``datasets`` so results are memory-mapped and cached bet
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
-from datasets import Dataset, DatasetDict, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from attnfit.data.synthetic import write_embedded_corpus
 from attnfit.errors import ConfigError, DataError, check_choice
@@ -81,36 +83,47 @@ def _builder_args(fmt: str) -> tuple[str, dict]:
     return fmt, {}
 
 
-def _not_blank(batch: dict) -> list[bool]:
-    return [bool(t) and not t.isspace() for t in batch["text"]]
+def _not_blank(batch: dict, columns: tuple[str, ...] = ("text",)) -> list[bool]:
+    rows = zip(*(batch[c] for c in columns), strict=True)
+    return [all(bool(t) and not t.isspace() for t in row) for row in rows]
 
 
 def _fingerprint(*parts: object) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def _to_text_column(ds: Dataset, text_column: str, split: str, origin: str) -> Dataset:
-    """Keep only ``text_column`` renamed to "text", as strings, without blank rows; DataError if nothing is left."""
-    if text_column not in ds.column_names:
-        raise DataError(
-            f"text column {text_column!r} not found in {origin} (split {split!r}); "
-            f"available columns: {', '.join(ds.column_names) or '(none)'}; set data.text_column"
-        )
-    ds = ds.select_columns([text_column])
-    if text_column != "text":
-        ds = ds.rename_column(text_column, "text")
-    feature = ds.features["text"]
-    if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
-        if not isinstance(feature, Value):
+def _to_columns(
+    ds: Dataset, columns: dict[str, str], split: str, origin: str, text_columns: tuple[str, ...] = ("text",)
+) -> Dataset:
+    """Keep ``columns`` ({ours: theirs}) renamed to ours; ``text_columns`` (ours) as strings, rows blank in any dropped.
+
+    DataError naming the available columns if one is missing, or if no row is left.
+    """
+    for ours, theirs in columns.items():
+        if theirs not in ds.column_names:
             raise DataError(
-                f"text column {text_column!r} in {origin} (split {split!r}) holds {feature}, not text; "
-                f"set data.text_column to a column of strings"
+                f"{ours.replace('_', ' ')} column {theirs!r} not found in {origin} (split {split!r}); "
+                f"available columns: {', '.join(ds.column_names) or '(none)'}; set data.{ours}_column"
             )
-        ds = ds.cast_column("text", Value("string"))
+    ds = ds.select_columns(list(columns.values()))
+    renames = {theirs: ours for ours, theirs in columns.items() if theirs != ours}
+    if renames:
+        ds = ds.rename_columns(renames)
+    for name in text_columns:
+        feature = ds.features[name]
+        if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+            if not isinstance(feature, Value):
+                raise DataError(
+                    f"{name.replace('_', ' ')} column {columns[name]!r} in {origin} (split {split!r}) holds "
+                    f"{feature}, not text; set data.{name}_column to a column of strings"
+                )
+            ds = ds.cast_column(name, Value("string"))
+    key = ("drop_blank",) if text_columns == ("text",) else ("drop_blank", *text_columns)
     ds = ds.filter(
         _not_blank,
         batched=True,
-        new_fingerprint=_fingerprint(ds._fingerprint, "drop_blank", _VERSION),
+        fn_kwargs={"columns": text_columns},
+        new_fingerprint=_fingerprint(ds._fingerprint, *key, _VERSION),
         desc=f"dropping blank rows ({split})",
     )
     if len(ds) == 0:
@@ -118,7 +131,16 @@ def _to_text_column(ds: Dataset, text_column: str, split: str, origin: str) -> D
     return ds
 
 
-def _split_off_validation(train: Dataset, val_fraction: float, seed: int, origin: str) -> tuple[Dataset, Dataset]:
+def _to_text_column(ds: Dataset, text_column: str, split: str, origin: str) -> Dataset:
+    """Keep only ``text_column`` renamed to "text", as strings, without blank rows; DataError if nothing is left."""
+    return _to_columns(ds, {"text": text_column}, split, origin)
+
+
+def _split_off_validation(
+    train: Dataset, val_fraction: float, seed: int, origin: str, stratify_by: str | None = None
+) -> tuple[Dataset, Dataset]:
+    """Hold out ``val_fraction`` of ``train``; with ``stratify_by`` (a column) each of its values in proportion
+    where every value has enough rows, else a plain random split."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if len(train) < 2:
@@ -126,26 +148,35 @@ def _split_off_validation(train: Dataset, val_fraction: float, seed: int, origin
             f"train split from {origin} has {len(train)} row(s); need at least 2 to split off a validation set "
             f"(or give a validation split)"
         )
+    if stratify_by is not None:
+        values = [str(v) for v in train.with_format("arrow")[stratify_by].to_pylist()]
+        names = sorted(set(values))
+        rows = Dataset.from_dict(
+            {"row": list(range(len(values))), "value": values},
+            features=Features({"row": Value("int64"), "value": ClassLabel(names=names)}),
+        )
+        try:  # split row numbers, not the data itself: the split selects from ``train`` without copying it
+            parts = rows.train_test_split(test_size=val_fraction, seed=seed, stratify_by_column="value")
+        except ValueError:  # a value with a single row, or more values than validation rows
+            pass
+        else:
+            return train.select(parts["train"]["row"][:]), train.select(parts["test"]["row"][:])
     parts = train.train_test_split(test_size=val_fraction, seed=seed)
     return parts["train"], parts["test"]
 
 
-def _load_files(
-    files: dict[str, str | list[str]],
-    text_column: str,
-    file_format: str | None,
-    val_fraction: float,
-    seed: int,
-    cache_dir: str | Path | None,
-) -> DatasetDict:
+def _resolve_files(
+    files: dict[str, str | list[str] | None], file_format: str | None
+) -> dict[str, tuple[list[str], str, str]]:
+    """{split: (paths, format, origin)}: globs expanded, files checked, one format per split (given or inferred)."""
     files = {split: paths for split, paths in (files or {}).items() if paths is not None}  # None: not given
     if "train" not in files:
         raise ConfigError(f"data.train (the train file) is required; got splits: {', '.join(files) or '(none)'}")
     if file_format is not None:
         check_choice("data.format", file_format, FILE_FORMATS)
-    splits: dict[str, Dataset] = {}
-    for split, paths in files.items():
-        paths = _expand(split, paths)
+    resolved = {}
+    for split, given in files.items():
+        paths = _expand(split, given)
         origin = ", ".join(repr(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         fmt = file_format
         if fmt is None:
@@ -156,23 +187,56 @@ def _load_files(
                     f"use one format per split"
                 )
             fmt = formats[paths[0]]
-        builder, kwargs = _builder_args(fmt)
-        # loaded under the name "train" whatever the split is called: datasets restricts split names, we do not
-        try:
-            ds = datasets.load_dataset(
+        resolved[split] = (paths, fmt, origin)
+    return resolved
+
+
+@contextlib.contextmanager
+def _local_only() -> Iterator[None]:
+    """Reading local files must not ping the hub: datasets reports a download count on every load_dataset,
+    which stalls for seconds on a machine without internet."""
+    saved = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    try:
+        yield
+    finally:
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved
+
+
+def _read_split(
+    split: str, paths: list[str], fmt: str, origin: str, cache_dir: str | Path | None, **builder_kwargs
+) -> Dataset:
+    """Load ``paths`` with the datasets builder for ``fmt`` (plus ``builder_kwargs``); DataError if unreadable."""
+    builder, kwargs = _builder_args(fmt)
+    # loaded under the name "train" whatever the split is called: datasets restricts split names, we do not
+    try:
+        with _local_only():
+            return datasets.load_dataset(
                 builder,
                 data_files={"train": paths},
                 split="train",
                 cache_dir=None if cache_dir is None else str(cache_dir),
                 **kwargs,
+                **builder_kwargs,
             )
-        except Exception as e:  # malformed user files surface as many exception types inside datasets
-            cause = e.__cause__ or e
-            if "corresponds to no data" in str(cause):  # datasets' message for a file with zero rows
-                raise DataError(f"split {split!r} from {origin} has no rows") from e
-            raise DataError(
-                f"could not read {origin} as {fmt} (split {split!r}): {type(cause).__name__}: {cause}"
-            ) from e
+    except Exception as e:  # malformed user files surface as many exception types inside datasets
+        cause = e.__cause__ or e
+        if "corresponds to no data" in str(cause):  # datasets' message for a file with zero rows
+            raise DataError(f"split {split!r} from {origin} has no rows") from e
+        raise DataError(f"could not read {origin} as {fmt} (split {split!r}): {type(cause).__name__}: {cause}") from e
+
+
+def _load_files(
+    files: dict[str, str | list[str]],
+    text_column: str,
+    file_format: str | None,
+    val_fraction: float,
+    seed: int,
+    cache_dir: str | Path | None,
+) -> DatasetDict:
+    splits: dict[str, Dataset] = {}
+    for split, (paths, fmt, origin) in _resolve_files(files, file_format).items():
+        ds = _read_split(split, paths, fmt, origin, cache_dir)
         column = "text" if fmt == "text" else text_column  # the text builder always names its column "text"
         splits[split] = _to_text_column(ds, column, split, origin)
     if "validation" not in splits:
@@ -181,15 +245,10 @@ def _load_files(
     return DatasetDict(splits)
 
 
-def _load_hub(
-    hub_path: str | None,
-    hub_subset: str | None,
-    hub_splits: dict[str, str] | None,
-    text_column: str,
-    val_fraction: float,
-    seed: int,
-    cache_dir: str | Path | None,
-) -> DatasetDict:
+def _hub_splits(
+    hub_path: str | None, hub_subset: str | None, hub_splits: dict[str, str] | None, cache_dir: str | Path | None
+) -> tuple[dict[str, tuple[Dataset, str]], str]:
+    """({our split: (dataset, hub split name)}, origin) as picked by ``hub_splits``; "validation" only if present."""
     if not hub_path:
         raise ConfigError("data.source 'hub' needs data.path (a hub dataset name, e.g. 'wikitext')")
     origin = f"hub dataset {hub_path!r}" + (f" (subset {hub_subset!r})" if hub_subset else "")
@@ -202,14 +261,26 @@ def _load_hub(
     wanted = {"train": "train", "validation": "validation", **(hub_splits or {})}  # {our split: hub split}
     wanted = {ours: theirs for ours, theirs in wanted.items() if theirs is not None}
     if wanted.get("validation") == "validation" and "validation" not in loaded:
-        del wanted["validation"]  # the usual name is absent: hold out val_fraction of train below
-    splits: dict[str, Dataset] = {}
+        del wanted["validation"]  # the usual name is absent: hold out val_fraction of train
     for ours, theirs in wanted.items():
         if theirs not in loaded:
             raise DataError(
                 f"{origin} has no split {theirs!r} (wanted for {ours!r}); available splits: {', '.join(loaded)}"
             )
-        splits[ours] = _to_text_column(loaded[theirs], text_column, theirs, origin)
+    return {ours: (loaded[theirs], theirs) for ours, theirs in wanted.items()}, origin
+
+
+def _load_hub(
+    hub_path: str | None,
+    hub_subset: str | None,
+    hub_splits: dict[str, str] | None,
+    text_column: str,
+    val_fraction: float,
+    seed: int,
+    cache_dir: str | Path | None,
+) -> DatasetDict:
+    raw, origin = _hub_splits(hub_path, hub_subset, hub_splits, cache_dir)
+    splits = {ours: _to_text_column(ds, text_column, theirs, origin) for ours, (ds, theirs) in raw.items()}
     if "validation" not in splits:
         splits["train"], splits["validation"] = _split_off_validation(splits["train"], val_fraction, seed, origin)
     return DatasetDict(splits)

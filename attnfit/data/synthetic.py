@@ -19,7 +19,10 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from attnfit.errors import ConfigError
 
 CORPUS_VERSION = 1
 
@@ -193,15 +196,21 @@ def vocabulary() -> set[str]:
     return words
 
 
-def _document(rng: random.Random) -> str:
-    """One document: 3-8 sentences about a single topic."""
+def _grammar(
+    rng: random.Random, tables: tuple, out: list[str], clauses: list | None = None, p_plural: float = 0.4
+) -> Callable[[], None]:
+    """The sentence grammar over one topic's ``tables``; returns ``sentence()``, which appends one sentence to ``out``.
+
+    With a ``clauses`` list every main clause records ``(head, verb)``: the indices in ``out`` of its subject's
+    head noun and of its main verb (a relative clause may come between them). ``p_plural`` is the chance that a
+    main clause's subject is plural.
+    """
     rand = rng.random
-    subj_nouns, obj_nouns, vts, vis, adjs = _TOPIC_TABLES[int(rand() * len(_TOPIC_TABLES))]
+    subj_nouns, obj_nouns, vts, vis, adjs = tables
     any_subj, any_obj, any_vt, any_vi = _ALL_TOPIC_TABLES
-    out: list[str] = []
     add = out.append
 
-    def noun_phrase(nouns: list, plural: int, relative: float) -> None:
+    def noun_phrase(nouns: list, plural: int, relative: float) -> int:
         dets = _DET_PL if plural else _DET_SG
         add(dets[int(rand() * len(dets))])
         r = rand()
@@ -211,6 +220,7 @@ def _document(rng: random.Random) -> str:
                 add(adjs[int(rand() * len(adjs))])
         # 5% of nouns come from any topic so the topic is a strong but not perfect cue
         table = nouns if rand() < 0.95 else (any_subj if nouns is subj_nouns else any_obj)
+        head = len(out)
         add(table[int(rand() * len(table))][plural])
         if rand() < relative:
             add("that")
@@ -220,6 +230,7 @@ def _document(rng: random.Random) -> str:
                 other = 1 if rand() < 0.4 else 0
                 noun_phrase(subj_nouns, other, 0.0)
                 add(vts[int(rand() * len(vts))][other])
+        return head
 
     def verb_phrase(plural: int, allow_relative: bool) -> None:
         if rand() < 0.6:
@@ -236,11 +247,14 @@ def _document(rng: random.Random) -> str:
             noun_phrase(obj_nouns, 1 if rand() < 0.3 else 0, 0.0)
 
     def clause() -> None:
-        plural = 1 if rand() < 0.4 else 0
-        noun_phrase(subj_nouns, plural, 0.25)
+        plural = 1 if rand() < p_plural else 0
+        head = noun_phrase(subj_nouns, plural, 0.25)
+        verb = len(out)
         verb_phrase(plural, allow_relative=True)
+        if clauses is not None:
+            clauses.append((head, verb))
 
-    for _ in range(3 + int(rand() * 6)):
+    def sentence() -> None:
         if rand() < 0.12:
             add(_OPENERS[int(rand() * len(_OPENERS))])
         clause()
@@ -249,6 +263,16 @@ def _document(rng: random.Random) -> str:
             add("and" if r < 0.1 else ", but")
             clause()
         add(".")
+
+    return sentence
+
+
+def _document(rng: random.Random) -> str:
+    """One document: 3-8 sentences about a single topic."""
+    out: list[str] = []
+    sentence = _grammar(rng, _TOPIC_TABLES[int(rng.random() * len(_TOPIC_TABLES))], out)
+    for _ in range(3 + int(rng.random() * 6)):
+        sentence()
     return " ".join(out)
 
 
@@ -270,6 +294,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _meta_matches(meta_path: Path, meta: dict, paths: dict[str, Path]) -> bool:
+    """True if ``meta_path`` holds exactly ``meta`` and every file in ``paths`` exists, so they can be reused."""
+    try:
+        current = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return current == meta and all(p.is_file() for p in paths.values())
+
+
 def write_embedded_corpus(
     directory: Path, num_train_docs: int = 20000, num_val_docs: int = 1000, seed: int = 0
 ) -> dict[str, Path]:
@@ -282,14 +315,99 @@ def write_embedded_corpus(
     paths = {"train": directory / "train.txt", "validation": directory / "validation.txt"}
     meta_path = directory / "meta.json"
     meta = {"version": CORPUS_VERSION, "num_train_docs": num_train_docs, "num_val_docs": num_val_docs, "seed": seed}
-    try:
-        current = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        current = None
-    if current == meta and all(p.is_file() for p in paths.values()):
+    if _meta_matches(meta_path, meta, paths):
         return paths
     meta_path.unlink(missing_ok=True)  # invalidate first: a crash below must not leave stale meta behind
     _atomic_write_text(paths["train"], "\n".join(generate_lm_corpus(num_train_docs, seed)) + "\n")
     _atomic_write_text(paths["validation"], "\n".join(generate_lm_corpus(num_val_docs, seed + 1_000_003)) + "\n")
+    _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    return paths
+
+
+# --- an embedded classification task: is subject-verb agreement intact? --------------------------------------
+
+CLASSIFICATION_VERSION = 1
+CLASSIFICATION_LABELS = ("grammatical", "ungrammatical")
+# every verb form -> the same verb in the other number ("runs" <-> "run"); no form belongs to two verbs
+_FLIP_VERB = {
+    form: pair[1 - i] for t in _TOPIC_TABLES for table in t[2:4] for pair in table for i, form in enumerate(pair)
+}
+# nouns whose plural is the singular ("sheep"): their number is invisible, so flipping their verb proves nothing
+_NUMBERLESS_NOUNS = frozenset(sg for t in _TOPIC_TABLES for sg, pl in t[0] + t[1] if sg == pl)
+
+
+def _minimal_pair(rng: random.Random) -> tuple[str, str] | None:
+    """A grammatical sentence and the same sentence with the number of one main verb flipped.
+
+    The flipped clause is one whose subject is separated from its verb by a relative clause when the sentence has
+    one ("the dog that chases the cats *run*"). None when no main clause shows its subject's number.
+    """
+    out: list[str] = []
+    clauses: list[tuple[int, int]] = []
+    sentence = _grammar(rng, _TOPIC_TABLES[int(rng.random() * len(_TOPIC_TABLES))], out, clauses, p_plural=0.5)
+    sentence()
+    candidates = [(head, verb) for head, verb in clauses if out[head] not in _NUMBERLESS_NOUNS]
+    if not candidates:
+        return None
+    across = [c for c in candidates if c[1] - c[0] > 1]
+    _, verb = rng.choice(across or candidates)
+    good = " ".join(out)
+    out[verb] = _FLIP_VERB[out[verb]]
+    return good, " ".join(out)
+
+
+def _classification_examples(num_examples: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list:
+    """``generate_classification_corpus`` without sentences in ``exclude`` and without duplicates."""
+    rng = random.Random(seed)
+    seen = set(exclude)
+    examples: list[dict] = []
+    while len(examples) < num_examples:
+        pair = _minimal_pair(rng)
+        if pair is None or pair[0] in seen or pair[1] in seen:
+            continue
+        seen.update(pair)
+        examples.append({"text": pair[0], "label": CLASSIFICATION_LABELS[0]})
+        examples.append({"text": pair[1], "label": CLASSIFICATION_LABELS[1]})
+    del examples[num_examples:]  # an odd count drops the last ungrammatical twin
+    rng.shuffle(examples)
+    return examples
+
+
+def generate_classification_corpus(num_examples: int, seed: int = 0) -> list[dict]:
+    """``num_examples`` shuffled ``{"text", "label"}`` examples of agreement judgement ("grammatical"/"ungrammatical").
+
+    Sentences come from the grammar of ``generate_lm_corpus`` (half with plural subjects). They come in minimal
+    pairs: every grammatical sentence appears once more with one main verb in the wrong number, preferably across
+    a relative clause, so both classes use the same words and only agreement tells them apart. Subjects whose
+    number is invisible ("the sheep") are never the ones broken. Deterministic per ``seed``; no duplicates.
+    """
+    return _classification_examples(num_examples, seed)
+
+
+def write_embedded_classification(
+    directory: Path, num_train: int = 2000, num_val: int = 500, num_test: int = 500, seed: int = 0
+) -> dict[str, Path]:
+    """Write train/validation/test.jsonl (fields text, label) unless identical ones exist; return their paths.
+
+    Each split has its own seed and shares no sentence with the earlier ones.
+    """
+    sizes = {"train": num_train, "validation": num_val, "test": num_test}
+    for split, n in sizes.items():
+        if n < 2:
+            raise ConfigError(f"the embedded classification {split} split needs at least 2 examples, got {n}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {split: directory / f"{split}.jsonl" for split in sizes}
+    meta_path = directory / "meta.json"
+    meta = {"kind": "classification", "version": CLASSIFICATION_VERSION, "num_train": num_train}
+    meta |= {"num_val": num_val, "num_test": num_test, "seed": seed}
+    if _meta_matches(meta_path, meta, paths):
+        return paths
+    meta_path.unlink(missing_ok=True)  # invalidate first: a crash below must not leave stale meta behind
+    seen: set[str] = set()
+    for i, (split, n) in enumerate(sizes.items()):
+        examples = _classification_examples(n, seed + i * 1_000_003, seen)
+        seen.update(ex["text"] for ex in examples)
+        _atomic_write_text(paths[split], "".join(json.dumps(ex) + "\n" for ex in examples))
     _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return paths

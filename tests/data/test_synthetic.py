@@ -1,10 +1,22 @@
+import hashlib
 import itertools
 import json
 import math
 import time
 from collections import Counter
 
-from attnfit.data.synthetic import _TOPIC_TABLES, generate_lm_corpus, vocabulary, write_embedded_corpus
+import pytest
+
+from attnfit.data.synthetic import (
+    _NUMBERLESS_NOUNS,
+    _TOPIC_TABLES,
+    generate_classification_corpus,
+    generate_lm_corpus,
+    vocabulary,
+    write_embedded_classification,
+    write_embedded_corpus,
+)
+from attnfit.errors import ConfigError
 
 
 def test_deterministic_per_seed():
@@ -101,3 +113,116 @@ def test_write_embedded_corpus_reuses_and_regenerates(tmp_path):
     paths["validation"].unlink()  # a missing file triggers regeneration even if meta matches
     write_embedded_corpus(tmp_path, num_train_docs=40, num_val_docs=5, seed=0)
     assert paths["validation"].is_file()
+
+
+# --- the embedded classification task -------------------------------------------------------------------------
+
+
+def test_lm_corpus_is_unchanged():
+    # pinned: generate_lm_corpus shares its grammar with the classification task; bump CORPUS_VERSION on purpose
+    text = "\n".join(generate_lm_corpus(300, seed=0))
+    assert hashlib.sha256(text.encode()).hexdigest().startswith("3e6f2314ece7586461e243ac830355dc")
+
+
+def test_classification_corpus_balanced_deterministic():
+    examples = generate_classification_corpus(400, seed=1)
+    assert examples == generate_classification_corpus(400, seed=1)
+    assert examples != generate_classification_corpus(400, seed=2)
+    assert Counter(ex["label"] for ex in examples) == {"grammatical": 200, "ungrammatical": 200}
+    assert Counter(ex["label"] for ex in generate_classification_corpus(7)) == {"grammatical": 4, "ungrammatical": 3}
+    assert len({ex["text"] for ex in examples}) == 400  # no duplicates
+    labels = [ex["label"] for ex in examples]
+    assert labels[:20] != sorted(labels[:20])  # shuffled
+    vocab = vocabulary()
+    for ex in examples:
+        assert set(ex) == {"text", "label"} and ex["text"].endswith(" .") and set(ex["text"].split(" ")) <= vocab
+
+
+def _twins(examples: list[dict]) -> list[tuple[list[str], list[str], int]]:
+    """(grammatical words, ungrammatical words, index of the one differing word) for every ungrammatical text."""
+    grammatical = {}
+    for ex in examples:
+        if ex["label"] == "grammatical":
+            words = ex["text"].split()
+            for i in range(len(words)):
+                grammatical[(*words[:i], None, *words[i + 1 :])] = words
+    out = []
+    for ex in examples:
+        if ex["label"] == "ungrammatical":
+            words = ex["text"].split()
+            matches = [
+                (grammatical[k], i)
+                for i in range(len(words))
+                if (k := (*words[:i], None, *words[i + 1 :])) in grammatical
+            ]
+            assert len(matches) == 1, ex
+            out.append((matches[0][0], words, matches[0][1]))
+    return out
+
+
+def test_classification_classes_differ_only_in_agreement():
+    examples = generate_classification_corpus(600, seed=3)
+    twins = _twins(examples)
+    assert len(twins) == 300  # every ungrammatical sentence has a grammatical twin one word apart
+    sg_nouns, pl_nouns = _forms(0)
+    obj_sg, obj_pl = _forms(1)
+    sg_nouns, pl_nouns = (sg_nouns | obj_sg) - (pl_nouns | obj_pl), (pl_nouns | obj_pl) - (sg_nouns | obj_sg)
+    sg_verbs, pl_verbs = (a | b for a, b in zip(_forms(2), _forms(3), strict=True))
+    assert not sg_verbs & pl_verbs
+    across = 0
+    for good, bad, i in twins:
+        clause = " ".join(good[:i]).replace(" but", " and").split(" and ")[-1].split()  # the flipped verb's clause
+        head = next(j for j, w in enumerate(clause) if w in sg_nouns | pl_nouns | _NUMBERLESS_NOUNS)
+        assert clause[head] not in _NUMBERLESS_NOUNS  # its number is visible
+        plural = clause[head] in pl_nouns
+        assert good[i] in (pl_verbs if plural else sg_verbs)  # agrees
+        assert bad[i] in (sg_verbs if plural else pl_verbs)  # does not
+        assert {good[i], bad[i]} in ({sg, pl} for t in _TOPIC_TABLES for table in t[2:4] for sg, pl in table)
+        across += "that" in clause[head:]
+    assert across > 0.3 * len(twins)  # relative clauses between subject and verb are preferred
+    # the same words in both classes: the word multisets differ only in verb forms
+    words = {label: Counter() for label in ("grammatical", "ungrammatical")}
+    for ex in examples:
+        words[ex["label"]].update(ex["text"].split())
+    differ = (words["grammatical"] - words["ungrammatical"]) + (words["ungrammatical"] - words["grammatical"])
+    assert differ and set(differ) <= sg_verbs | pl_verbs
+
+
+def test_classification_needs_context_not_word_counts():
+    """A unigram naive Bayes classifier is at chance: word identity cannot tell the classes apart."""
+    train, test = generate_classification_corpus(2000, seed=0), generate_classification_corpus(500, seed=1)
+    counts = {label: Counter() for label in ("grammatical", "ungrammatical")}
+    for ex in train:
+        counts[ex["label"]].update(ex["text"].split())
+    totals = {label: sum(c.values()) + 1000 for label, c in counts.items()}
+
+    def log_likelihood(words, label):
+        return sum(math.log((counts[label][w] + 1) / totals[label]) for w in words)
+
+    correct = sum(
+        max(counts, key=lambda label: log_likelihood(ex["text"].split(), label)) == ex["label"] for ex in test
+    )
+    assert correct / len(test) < 0.58
+
+
+def test_write_embedded_classification(tmp_path):
+    paths = write_embedded_classification(tmp_path, num_train=40, num_val=10, num_test=11, seed=0)
+    assert set(paths) == {"train", "validation", "test"}
+    rows = {
+        split: [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()] for split, p in paths.items()
+    }
+    assert [len(r) for r in rows.values()] == [40, 10, 11]
+    assert rows["train"] == generate_classification_corpus(40, seed=0)
+    texts = {split: {r["text"] for r in split_rows} for split, split_rows in rows.items()}
+    assert not texts["train"] & texts["validation"] and not texts["train"] & texts["test"]
+    assert not texts["validation"] & texts["test"]
+    assert json.loads((tmp_path / "meta.json").read_text())["num_test"] == 11
+
+    mtime = paths["test"].stat().st_mtime_ns
+    assert write_embedded_classification(tmp_path, num_train=40, num_val=10, num_test=11) == paths
+    assert paths["test"].stat().st_mtime_ns == mtime  # reused
+    write_embedded_classification(tmp_path, num_train=40, num_val=10, num_test=12)
+    assert len(paths["test"].read_text(encoding="utf-8").splitlines()) == 12
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ConfigError, match="validation split needs at least 2"):
+        write_embedded_classification(tmp_path, num_val=0)
