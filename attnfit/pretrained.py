@@ -73,7 +73,7 @@ def checkpoint_metadata(
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory means its best checkpoint (else ``last.ckpt``); a file or export directory is itself."""
-    path = Path(path).expanduser()
+    path = Path(str(path)).expanduser()  # a config may hand over a number or other scalar
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir() and not (path / EXPORT_CONFIG).exists():
@@ -174,6 +174,17 @@ def build_model(artifact: Artifact, load_weights: bool = True) -> nn.Module:
                 f"unexpected {sorted(unexpected)[:5]}"
             )
     return model
+
+
+def merged_state_dict(artifact: Artifact) -> dict[str, Tensor]:
+    """The artifact's weights with any LoRA adapters folded in: what a further fine-tuning starts from."""
+    if not artifact.lora:
+        return artifact.state_dict
+    from attnfit.models.lora import merge_lora
+
+    model = build_model(artifact)
+    merge_lora(model)
+    return model.state_dict()
 
 
 def load_pretrained(path: str | Path) -> tuple[nn.Module, Any]:

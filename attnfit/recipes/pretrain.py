@@ -191,7 +191,7 @@ def train(cfg: DictConfig) -> float | None:
         sum(p.numel() for p in module.parameters()) / 1e6,
     )
     trainer = build_trainer(cfg, output_dir)
-    trainer.fit(module, datamodule=prepared.datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=prepared.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
 
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     metrics["unigram_baseline"] = prepared.unigram_baseline
@@ -223,16 +223,22 @@ def report(cfg: DictConfig, output_dir: Path, metrics: dict[str, float], trainer
     console = Console(soft_wrap=True)  # long paths stay copyable on one line
     loss, baseline = metrics.get("val/loss"), metrics["unigram_baseline"]
     if loss is not None:
-        verdict = "learned context" if loss < 0.8 * baseline else "barely beats unigram statistics"
+        if loss < 0.8 * baseline:
+            verdict = f"{100 * (1 - loss / baseline):.0f}% lower: the model learned context"
+        elif loss < baseline:
+            verdict = f"only {100 * (1 - loss / baseline):.0f}% lower: train longer"
+        else:
+            verdict = "not better yet: train longer, or check the data and learning rate"
         console.print(
             f"[bold]validation loss {loss:.3f} nats/token[/] (perplexity {math.exp(min(loss, 50)):.1f}) "
-            f"vs unigram baseline {baseline:.3f}: {100 * (1 - loss / baseline):.0f}% lower, {verdict}"
+            f"vs unigram baseline {baseline:.3f}: {verdict}"
         )
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     console.print(f"run directory: {output_dir}")
     if best:
         console.print(f"best checkpoint: {best}")
     console.print("next:")
+    console.print(f"  attnfit-finetune pretrained={output_dir}   # fine-tune it (embedded task without data=)")
     console.print(f"  tensorboard --logdir {output_dir / 'tensorboard'}")
     console.print(
         f"  attnfit-train ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'} "

@@ -57,7 +57,7 @@ class SaveLastOnTrainEnd(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._saved_step or not Path(self.path).exists():
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer and loops, for resume
 
 
 class ProgressBar(RichProgressBar):
@@ -67,3 +67,35 @@ class ProgressBar(RichProgressBar):
         if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
             return f"Epoch {current_epoch} (step limit {self.trainer.max_steps})"
         return super()._get_train_description(current_epoch)
+
+
+class AttentionHeatmaps(L.Callback):
+    """After each validation, logs heat maps of a few fixed examples to TensorBoard (``attention/example_i``):
+    the pooling weights over the tokens and the last attention layer, so a user sees what the model looks at."""
+
+    def __init__(self, batch: dict, tokens: list[list[str]]) -> None:
+        self.batch, self.tokens = batch, tokens
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from attnfit.viz import attention_figure
+
+        if not isinstance(trainer.logger, TensorBoardLogger) or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        import torch
+
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            ids = self.batch["input_ids"].to(pl_module.device)
+            out = pl_module.model(ids, self.batch["padding_mask"].to(pl_module.device), need_weights=True)
+        pl_module.train(was_training)
+        for i, tokens in enumerate(self.tokens):
+            n = len(tokens)
+            last = out.attentions[-1][i].mean(0)[:n, :n].float().cpu().numpy() if out.attentions else None
+            pooling = out.pooling_weights[i, :n].float().cpu().numpy()
+            probs = out.logits[i].float().softmax(-1)
+            label = pl_module.label_names[int(probs.argmax())]
+            fig = attention_figure(tokens, pooling, last, title=f"predicted {label} ({float(probs.max()):.2f})")
+            trainer.logger.experiment.add_figure(f"attention/example_{i}", fig, global_step=trainer.global_step)

@@ -73,8 +73,13 @@ def build_scheduler(
 
 
 def layerwise_groups(
-    model: nn.Module, layers: list[list[nn.Parameter]], head: list[nn.Parameter], lr: float, weight_decay: float,
-    layer_decay: float = 1.0, head_lr: float | None = None,
+    model: nn.Module,
+    layers: list[list[nn.Parameter]],
+    head: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    head_lr: float | None = None,
 ) -> list[dict]:
     """Parameter groups for fine-tuning: the top layer at ``lr``, each lower one ``layer_decay`` times smaller
     (layer-wise LR decay), the new head at ``head_lr``; weight decay split as in :func:`decay_groups`."""

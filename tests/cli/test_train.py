@@ -48,8 +48,13 @@ def test_train_writes_a_complete_run_directory(run_cli, tmp_path, task):
 
 def test_resume_continues_from_the_saved_step(run_cli, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    run_cli("train", *TINY, "callbacks.checkpoint.every_n_steps=2", "callbacks.checkpoint.keep_last_k=2",
-            f"hydra.run.dir={first}")
+    run_cli(
+        "train",
+        *TINY,
+        "callbacks.checkpoint.every_n_steps=2",
+        "callbacks.checkpoint.keep_last_k=2",
+        f"hydra.run.dir={first}",
+    )
     step_files = sorted(p.name for p in (first / "checkpoints").glob("step*.ckpt"))
     assert step_files == ["step000004.ckpt", "step000006.ckpt"], step_files  # every 2 steps, last 2 kept
     last = first / "checkpoints" / "last.ckpt"

@@ -1,0 +1,19 @@
+"""``attnfit-eval``: metrics of a saved model on a data split."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from attnfit.cli import CONFIG_DIR, run_or_explain
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> object:
+    from attnfit.recipes.evaluate import evaluate  # imported here so that --help stays fast
+
+    return run_or_explain(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""``attnfit-finetune``: fine-tune a pretrained model on a labelled task."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from attnfit.cli import CONFIG_DIR, run_or_explain
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
+def main(cfg: DictConfig) -> object:
+    from attnfit.recipes.finetune import finetune  # imported here so that --help stays fast
+
+    return run_or_explain(finetune, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""``attnfit-predict``: predictions (and attention heat maps) from a saved model."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from attnfit.cli import CONFIG_DIR, run_or_explain
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> object:
+    from attnfit.recipes.predict import predict  # imported here so that --help stays fast
+
+    return run_or_explain(predict, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Evaluate any saved model on a split of its own or another compatible dataset; table + JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from attnfit.errors import ConfigError, DataError
+from attnfit.pretrained import Artifact, load_artifact
+from attnfit.recipes.common import container
+
+
+def evaluation_module(artifact: Artifact) -> L.LightningModule:
+    """The training module of the artifact's task with its weights, for ``Trainer.test``."""
+    if artifact.task == "classification":
+        from attnfit.training.classification_module import ClassificationModule
+
+        finetune = {"lora": {"enabled": True, **artifact.lora}} if artifact.lora else {}
+        module = ClassificationModule(
+            artifact.model_config,
+            artifact.classifier_config,
+            artifact.label_names or [],
+            {},
+            {},
+            total_steps=1,
+            finetune=finetune,
+        )
+        module.model.load_state_dict(artifact.state_dict)
+        return module
+    from attnfit.pretrained import build_model
+    from attnfit.training.lm_module import LanguageModelingModule
+
+    module = LanguageModelingModule(artifact.model_config, {}, {}, total_steps=1)
+    module.model = build_model(artifact)
+    return module
+
+
+def job_config(cfg: DictConfig, artifact: Artifact) -> DictConfig:
+    """The data part of the run that produced the artifact, with the user's ``data=`` and batch size on top."""
+    run = artifact.run_config or {}
+    data = container(cfg.data) if cfg.get("data") else run.get("data")
+    if data is None:
+        raise ConfigError(
+            f"{artifact.source} does not record its dataset; give one with data=... (e.g. data=files data.test=PATH)"
+        )
+    data = {**data, "batch_size": int(cfg.batch_size), "num_workers": 0}
+    task = run.get("task") or {"name": artifact.task, "mask_prob": 0.15}
+    return OmegaConf.create(
+        {
+            "seed": int(cfg.seed),
+            "data": data,
+            "task": task,
+            "tokenizer": run.get("tokenizer", {}),
+            "paths": container(cfg.paths),
+        }
+    )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Metrics of ``cfg.checkpoint`` on ``cfg.split``, printed as a table and written as JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not cfg.get("checkpoint"):
+        raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
+    artifact = load_artifact(cfg.checkpoint)
+    job = job_config(cfg, artifact)
+    if artifact.task == "classification":
+        from tokenizers import Tokenizer
+
+        from attnfit.recipes.finetune import prepare_classification_data
+
+        datamodule = prepare_classification_data(
+            job, Tokenizer.from_str(artifact.tokenizer_json), label_names=artifact.label_names
+        ).datamodule
+    else:
+        from attnfit.recipes.pretrain import prepare_data
+
+        datamodule = prepare_data(job, tokenizer_json=artifact.tokenizer_json).datamodule
+    splits = {"train": datamodule.train, "validation": datamodule.validation, "test": datamodule.test}
+    available = [name for name, ds in splits.items() if ds is not None]
+    if cfg.split not in available:
+        raise DataError(f"split={cfg.split!r} is not in this data; available splits: {', '.join(available)}")
+    loader = datamodule._loader(splits[cfg.split], datamodule.val_collator, shuffle=False)
+
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, accelerator="auto", devices=1, enable_model_summary=False
+    )
+    results = trainer.test(evaluation_module(artifact), dataloaders=loader, verbose=False)[0]
+    metrics = {key.removeprefix("test/"): float(value) for key, value in results.items()}
+
+    table = Table(title=f"{artifact.task} · {artifact.source} · split {cfg.split} ({len(splits[cfg.split])} rows)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+    out = Path(cfg.out) if cfg.get("out") else default_output(artifact, cfg.split)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "checkpoint": str(artifact.source),
+        "split": cfg.split,
+        "rows": len(splits[cfg.split]),
+        "metrics": metrics,
+    }
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"metrics written to {out}")
+    return metrics
+
+
+def default_output(artifact: Artifact, split: str) -> Path:
+    """``RUN_DIR/eval/<split>.json`` beside the checkpoint's run (or the export directory)."""
+    source = artifact.source
+    run_dir = (
+        source.parent.parent
+        if source.suffix == ".ckpt" and source.parent.name == "checkpoints"
+        else (source if source.is_dir() else source.parent)
+    )
+    return run_dir / "eval" / f"{split}.json"

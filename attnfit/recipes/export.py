@@ -1,0 +1,26 @@
+"""Export a saved model as a portable directory: model.safetensors, config.json, tokenizer.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from attnfit.errors import ConfigError
+from attnfit.pretrained import export, load_artifact, load_pretrained
+
+
+def export_model(cfg: DictConfig) -> Path:
+    if not cfg.get("checkpoint"):
+        raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
+    if not cfg.get("out"):
+        raise ConfigError("out=DIR is required: where the exported model goes")
+    artifact = load_artifact(cfg.checkpoint)
+    out = export(artifact, cfg.out, merge_lora=bool(cfg.merge_lora))
+    load_pretrained(out)  # proves the directory loads on its own
+    print(f"exported {artifact.task} model from {artifact.source} to {out}:")
+    for path in sorted(out.iterdir()):
+        print(f"  {path.name:20s} {path.stat().st_size / 1e6:8.2f} MB")
+    print(f"load it with: model, tokenizer = attnfit.load_pretrained({str(out)!r})")
+    print(f"fine-tune it: attnfit-finetune pretrained={out}")
+    return out

@@ -1,0 +1,210 @@
+"""Pretrain → fine-tune → evaluate → predict → export → load, all through the CLI; and the ways it must refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import attnfit
+from attnfit.pretrained import load_artifact
+from tests.conftest import TINY
+
+# Fine-tuning knobs for speed; the pretrained model fixes width and depth.
+FT = [
+    "data.seq_len=32",
+    "data.batch_size=16",
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "scheduler.warmup_steps=2",
+    "callbacks.progress_bar=none",
+    "callbacks.heatmaps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, cache_dir) -> Path:
+    """One tiny pretrained MLM run shared by the tests of this module."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path_factory.mktemp("pretrained") / "run"
+    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir)}
+    args = [*TINY, "task=mlm", "encoder.num_layers=2", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnfit.train", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=run_dir.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_finetune_eval_predict_export_round_trip(run_cli, tmp_path, pretrained):
+    run_dir = tmp_path / "finetuned"
+    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, f"hydra.run.dir={run_dir}")
+    assert "loaded" in proc.stdout and "newly initialised" in proc.stdout and "trainable parameters" in proc.stdout
+
+    # The fine-tuned encoder started from the pretrained weights: compare by value, not by log message.
+    source, tuned = load_artifact(pretrained), load_artifact(run_dir)
+    assert tuned.task == "classification" and tuned.label_names == ["grammatical", "ungrammatical"]
+    assert tuned.tokenizer_json == source.tokenizer_json  # the vocabulary was reused, not retrained
+    key = "backbone.embeddings.token.weight"
+    moved = (tuned.state_dict[key] - source.state_dict[key]).abs().max()
+    assert 0 < moved < 0.1, moved  # trained a little from the pretrained values, not from a fresh init
+
+    # Self-contained run directory, with attention heat maps in TensorBoard.
+    for name in ("config.yaml", "tokenizer.json", "metrics.json", "checkpoints/last.ckpt"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"val/acc", "val/f1", "test/acc", "test/f1"} <= set(metrics)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"attention/example_0", "attention/example_1"} <= set(events.Tags()["images"])
+
+    # Evaluate: a table, and JSON with the same metric names.
+    proc = run_cli("eval", f"checkpoint={run_dir}", "split=test")
+    record = json.loads((run_dir / "eval" / "test.json").read_text())
+    assert record["split"] == "test" and {"acc", "f1", "loss"} <= set(record["metrics"])
+    assert "f1" in proc.stdout
+
+    # Predict with attention: label, probabilities, a PNG heat map and the weights as text.
+    out = tmp_path / "pred"
+    proc = run_cli(
+        "predict", f"checkpoint={run_dir}", "text=the small dogs that the cat sees run .", "heatmap=true", f"out={out}"
+    )
+    prediction = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert prediction["label"] in ("grammatical", "ungrammatical")
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    png = Path(prediction["attention"]["heatmap"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+    assert sum(prediction["attention"]["pooling"]) == pytest.approx(1.0, abs=1e-3)
+
+    # Export → load in one call → identical logits; and the export can be fine-tuned again.
+    export_dir = tmp_path / "export"
+    run_cli("export", f"checkpoint={run_dir}", f"out={export_dir}")
+    assert {p.name for p in export_dir.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
+    exported, tokenizer = attnfit.load_pretrained(export_dir)
+    original, _ = attnfit.load_pretrained(run_dir)
+    ids = torch.tensor([tokenizer.encode("the cat sees the dogs .").ids])
+    torch.testing.assert_close(exported(ids).logits, original(ids).logits, rtol=0, atol=0)
+    again = tmp_path / "again"
+    run_cli("finetune", f"pretrained={export_dir}", *FT, "trainer.max_steps=2", f"hydra.run.dir={again}")
+    assert (again / "checkpoints" / "last.ckpt").exists()
+
+
+def test_freezing_keeps_weights_bit_identical(run_cli, tmp_path, pretrained):
+    run_dir = tmp_path / "frozen"
+    run_cli(
+        "finetune",
+        f"pretrained={pretrained}",
+        *FT,
+        "finetune.freeze_embeddings=true",
+        "finetune.freeze_layers=1",
+        f"hydra.run.dir={run_dir}",
+    )
+    source, tuned = load_artifact(pretrained).state_dict, load_artifact(run_dir).state_dict
+    frozen = [k for k in source if k.startswith(("backbone.embeddings.", "backbone.encoder.stack.layers.0."))]
+    assert frozen and all(torch.equal(source[k], tuned[k]) for k in frozen)
+    trained = [k for k in tuned if k.startswith("backbone.encoder.stack.layers.1.")]  # above the frozen layer
+    assert any(not torch.equal(source[k], tuned[k]) for k in trained)
+
+
+def test_lora_trains_adapters_only_and_merges_on_export(run_cli, tmp_path, pretrained):
+    run_dir = tmp_path / "lora"
+    proc = run_cli(
+        "finetune",
+        f"pretrained={pretrained}",
+        *FT,
+        "finetune.lora.enabled=true",
+        "finetune.lora.r=4",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert "LoRA" in proc.stdout
+    source, tuned = load_artifact(pretrained), load_artifact(run_dir)
+    assert tuned.lora and tuned.lora["r"] == 4
+    base = {
+        k.replace(".base.", "."): v
+        for k, v in tuned.state_dict.items()
+        if k.startswith("backbone.") and "lora_" not in k
+    }
+    assert all(torch.equal(source.state_dict[k], v) for k, v in base.items()), "a base weight changed under LoRA"
+    assert any("lora_" in k for k in tuned.state_dict)
+
+    export_dir = tmp_path / "merged"
+    run_cli("export", f"checkpoint={run_dir}", f"out={export_dir}")
+    merged, tokenizer = attnfit.load_pretrained(export_dir)
+    unmerged, _ = attnfit.load_pretrained(run_dir)
+    assert not any("lora_" in k for k in merged.state_dict())
+    ids = torch.tensor([tokenizer.encode("a dog runs .").ids])
+    torch.testing.assert_close(merged(ids).logits, unmerged(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_generates_text_from_a_causal_lm(run_cli, tmp_path):
+    run_dir = tmp_path / "clm"
+    run_cli("train", *TINY, "task=clm", f"hydra.run.dir={run_dir}")
+    out = tmp_path / "pred"
+    run_cli("predict", f"checkpoint={run_dir}", "text=the dog", "max_new_tokens=5", "heatmap=true", f"out={out}")
+    prediction = json.loads((out / "predictions.jsonl").read_text())
+    assert prediction["prompt"] == "the dog" and isinstance(prediction["generated"], str)
+    assert (out / "attention_0.png").exists()
+    run_cli("eval", f"checkpoint={run_dir}", "split=validation")
+    assert json.loads((run_dir / "eval" / "validation.json").read_text())["metrics"]["ppl"] > 1
+
+
+def _junk(d: Path) -> Path:
+    (d / "junk.ckpt").write_bytes(b"not a checkpoint")
+    return d / "junk.ckpt"
+
+
+def _plain(d: Path) -> Path:
+    torch.save({"state_dict": {}}, d / "plain.ckpt")
+    return d / "plain.ckpt"
+
+
+def _empty_dir(d: Path) -> Path:
+    (d / "empty").mkdir()
+    return d / "empty"
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d / "missing.ckpt", "does not exist"),
+        (_junk, "not a readable checkpoint"),
+        (_plain, "not an attnfit checkpoint"),
+        (_empty_dir, "neither a run directory"),
+        (lambda d: 16, "checkpoint 16 does not exist"),
+    ],
+)
+def test_incompatible_checkpoints_are_refused(run_cli, tmp_path, make, expected):
+    proc = run_cli("finetune", f"pretrained={make(tmp_path)}", *FT, check=False)
+    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(run_cli, tmp_path, pretrained):
+    """E.g. another vocabulary size: a clear message naming the tensor, never a silent partial load."""
+    checkpoint = torch.load(pretrained / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["attnfit"]["model_config"]["vocab_size"] += 5
+    torch.save(checkpoint, tmp_path / "other-vocab.ckpt")
+    proc = run_cli("finetune", f"pretrained={tmp_path / 'other-vocab.ckpt'}", *FT, check=False)
+    assert proc.returncode == 2 and "backbone.embeddings.token.weight" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_missing_pretrained_and_bad_split_are_explained(run_cli, tmp_path, pretrained):
+    proc = run_cli("finetune", *FT, check=False)
+    assert proc.returncode == 2 and "pretrained=PATH is required" in proc.stderr
+    proc = run_cli("eval", f"checkpoint={pretrained}", "split=test", check=False)
+    assert proc.returncode == 2 and "available splits: train, validation" in proc.stderr
+    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, "data.seq_len=999", check=False)
+    assert proc.returncode == 2 and "exceeds the pretrained model's max_len=32" in proc.stderr
