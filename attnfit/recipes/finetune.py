@@ -163,7 +163,7 @@ def finetune(cfg: DictConfig) -> float | None:
         run_config=run_config(cfg),
         backbone_state=None if cfg.finetune.from_scratch else merged_state_dict(artifact),
     )
-    report_loading(module, cfg)
+    report_loading(module)
 
     extra = [AttentionHeatmaps(data.examples, data.example_tokens)] if cfg.callbacks.get("heatmaps") else []
     trainer = build_trainer(cfg, output_dir, monitor="val/f1", mode="max", extra_callbacks=extra)
@@ -181,20 +181,15 @@ def finetune(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.optimized_metric)
 
 
-def report_loading(module: Any, cfg: DictConfig) -> None:
-    """What came from the pretrained model, what is new, and how much will train."""
-    from rich.console import Console
-
-    console = Console(soft_wrap=True)
+def report_loading(module: Any) -> None:
+    """What came from the pretrained model, what is new, and how much will train (also kept in train.log)."""
     if module.load_report is not None:
-        console.print(module.load_report.summary())
+        log.info(module.load_report.summary())
     else:
-        console.print("finetune.from_scratch=true: every weight is newly initialised (baseline run)")
+        log.info("finetune.from_scratch=true: every weight is newly initialised (baseline run)")
     total = sum(p.numel() for p in module.model.parameters())
-    console.print(
-        f"trainable parameters: {module.trainable_parameters():,} of {total:,}"
-        + (" (LoRA adapters and head)" if module.lora else "")
-    )
+    log.info("trainable parameters: %s of %s%s", f"{module.trainable_parameters():,}", f"{total:,}",
+             " (LoRA adapters and head)" if module.lora else "")
 
 
 def report(output_dir: Path, metrics: dict[str, float], best: str) -> None:

@@ -154,10 +154,13 @@ def test_predict_generates_text_from_a_causal_lm(run_cli, tmp_path):
     run_dir = tmp_path / "clm"
     run_cli("train", *TINY, "task=clm", f"hydra.run.dir={run_dir}")
     out = tmp_path / "pred"
-    run_cli("predict", f"checkpoint={run_dir}", "text=the dog", "max_new_tokens=5", "heatmap=true", f"out={out}")
-    prediction = json.loads((out / "predictions.jsonl").read_text())
-    assert prediction["prompt"] == "the dog" and isinstance(prediction["generated"], str)
-    assert (out / "attention_0.png").exists()
+    inputs = tmp_path / "prompts.txt"
+    inputs.write_text("the dog\n\na cat sees\n")  # blank lines are skipped
+    run_cli("predict", f"checkpoint={run_dir}", f"file={inputs}", "max_new_tokens=5", "heatmap=true", f"out={out}")
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["prompt"] for p in predictions] == ["the dog", "a cat sees"]
+    assert all(isinstance(p["generated"], str) for p in predictions)
+    assert (out / "attention_0.png").exists() and (out / "attention_1.png").exists()
     run_cli("eval", f"checkpoint={run_dir}", "split=validation")
     assert json.loads((run_dir / "eval" / "validation.json").read_text())["metrics"]["ppl"] > 1
 
