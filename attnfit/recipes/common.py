@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ log = logging.getLogger("attnfit")
 def container(node: Any) -> Any:
     """A resolved plain-Python copy of a config node (what models and checkpoints take)."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes files. Lightning's DDP launcher starts the other ranks by re-running
+    the same command with LOCAL_RANK/NODE_RANK set, before any Trainer tells them their rank."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:

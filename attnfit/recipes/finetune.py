@@ -17,6 +17,7 @@ from attnfit.recipes.common import (
     build_trainer,
     container,
     final_metrics,
+    is_rank_zero,
     log_final_hparams,
     run_config,
     total_training_steps,
@@ -89,6 +90,7 @@ def prepare_classification_data(
         int(data.num_workers),
         cfg.seed,
         test=encoded.get("test"),
+        shuffle=bool(data.get("shuffle", True)),
     )
     rows = [encoded["validation"][i] for i in range(min(num_examples, len(encoded["validation"])))]
     tokens = [[tokenizer.decode([t]).strip() or tokenizer.id_to_token(t) for t in row["input_ids"]] for row in rows]
@@ -115,8 +117,10 @@ def check_finetune_config(cfg: DictConfig) -> None:
     check_optimization(cfg)
 
 
-def finetune(cfg: DictConfig) -> float | None:
-    """Run one fine-tuning job; returns ``cfg.optimized_metric`` for Hydra sweepers."""
+def finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | None:
+    """Run one fine-tuning job; returns ``cfg.optimized_metric`` for Hydra sweepers.
+
+    ``callbacks`` are added to the Trainer's (a search adds its pruning callback here)."""
     from tokenizers import Tokenizer
 
     from attnfit.models import ModelConfig
@@ -144,8 +148,9 @@ def finetune(cfg: DictConfig) -> float | None:
         )
     tokenizer = Tokenizer.from_str(artifact.tokenizer_json)  # the vocabulary is never retrained
     data = prepare_classification_data(cfg, tokenizer)
-    (output_dir / "tokenizer.json").write_text(artifact.tokenizer_json)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if is_rank_zero():
+        (output_dir / "tokenizer.json").write_text(artifact.tokenizer_json)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     log.info("data: %d training examples, labels: %s", data.num_train_rows, ", ".join(data.label_names))
 
     batches = math.ceil(data.num_train_rows / int(cfg.data.batch_size))
@@ -166,6 +171,7 @@ def finetune(cfg: DictConfig) -> float | None:
     report_loading(module)
 
     extra = [AttentionHeatmaps(data.examples, data.example_tokens)] if cfg.callbacks.get("heatmaps") else []
+    extra += callbacks or []
     trainer = build_trainer(cfg, output_dir, monitor="val/f1", mode="max", extra_callbacks=extra)
     trainer.fit(module, datamodule=data.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -175,9 +181,10 @@ def finetune(cfg: DictConfig) -> float | None:
             module, datamodule=data.datamodule, ckpt_path=best or None, verbose=False, weights_only=True
         )
         metrics.update({k: float(v) for k, v in results[0].items()})
-    write_metrics(output_dir, metrics)
-    log_final_hparams(trainer, cfg, metrics)
-    report(output_dir, metrics, best)
+    if trainer.is_global_zero:
+        write_metrics(output_dir, metrics)
+        log_final_hparams(trainer, cfg, metrics)
+        report(output_dir, metrics, best)
     return metrics.get(cfg.optimized_metric)
 
 
@@ -188,8 +195,12 @@ def report_loading(module: Any) -> None:
     else:
         log.info("finetune.from_scratch=true: every weight is newly initialised (baseline run)")
     total = sum(p.numel() for p in module.model.parameters())
-    log.info("trainable parameters: %s of %s%s", f"{module.trainable_parameters():,}", f"{total:,}",
-             " (LoRA adapters and head)" if module.lora else "")
+    log.info(
+        "trainable parameters: %s of %s%s",
+        f"{module.trainable_parameters():,}",
+        f"{total:,}",
+        " (LoRA adapters and head)" if module.lora else "",
+    )
 
 
 def report(output_dir: Path, metrics: dict[str, float], best: str) -> None:

@@ -28,6 +28,7 @@ from attnfit.recipes.common import (
     build_trainer,
     container,
     final_metrics,
+    is_rank_zero,
     log_final_hparams,
     run_config,
     total_training_steps,
@@ -144,13 +145,22 @@ def prepare_data(cfg: DictConfig, tokenizer_json: str | None = None) -> Prepared
     else:
         train_collator = val_collator = CLMCollator(pad_id)
     datamodule = TokenizedDataModule(
-        train, validation, train_collator, val_collator, int(data.batch_size), int(data.num_workers), cfg.seed
+        train,
+        validation,
+        train_collator,
+        val_collator,
+        int(data.batch_size),
+        int(data.num_workers),
+        cfg.seed,
+        shuffle=bool(data.get("shuffle", True)),
     )
     return PreparedData(datamodule, tokenizer.to_str(), vocab_size, pad_id, baseline, len(train))
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Run one pretraining job; returns ``cfg.optimized_metric`` for Hydra sweepers."""
+def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | None:
+    """Run one pretraining job; returns ``cfg.optimized_metric`` for Hydra sweepers.
+
+    ``callbacks`` are added to the Trainer's (a search adds its pruning callback here)."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_config(cfg)
@@ -158,8 +168,9 @@ def train(cfg: DictConfig) -> float | None:
 
     resume = load_artifact(cfg.ckpt_path) if cfg.ckpt_path else None
     prepared = prepare_data(cfg, tokenizer_json=resume.tokenizer_json if resume else None)
-    (output_dir / "tokenizer.json").write_text(prepared.tokenizer_json)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if is_rank_zero():
+        (output_dir / "tokenizer.json").write_text(prepared.tokenizer_json)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     log.info(
         "data: %d training sequences of %d tokens, vocabulary %d; unigram baseline %.3f nats/token",
         prepared.num_train_rows,
@@ -190,16 +201,17 @@ def train(cfg: DictConfig) -> float | None:
         cfg.attention.name,
         sum(p.numel() for p in module.parameters()) / 1e6,
     )
-    trainer = build_trainer(cfg, output_dir)
+    trainer = build_trainer(cfg, output_dir, extra_callbacks=callbacks)
     trainer.fit(module, datamodule=prepared.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
 
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     metrics["unigram_baseline"] = prepared.unigram_baseline
-    write_metrics(output_dir, metrics)
-    log_final_hparams(trainer, cfg, metrics)
-    report(cfg, output_dir, metrics, trainer)
-    if module.model_config.causal:
-        print_sample(module, prepared.tokenizer_json)
+    if trainer.is_global_zero:
+        write_metrics(output_dir, metrics)
+        log_final_hparams(trainer, cfg, metrics)
+        report(cfg, output_dir, metrics, trainer)
+        if module.model_config.causal:
+            print_sample(module, prepared.tokenizer_json)
     return metrics.get(cfg.optimized_metric)
 
 

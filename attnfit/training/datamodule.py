@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class RepeatableLoader(DataLoader):
@@ -32,28 +32,44 @@ class TokenizedDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         test: Dataset | None = None,
+        shuffle: bool = True,
     ) -> None:
         super().__init__()
+        self.shuffle_train = shuffle
         self.train, self.validation, self.test = train, validation, test
         self.train_collator, self.val_collator = train_collator, val_collator
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
-    def _loader(self, dataset: Dataset, collator: Callable, shuffle: bool) -> DataLoader:
-        loader_cls = DataLoader if shuffle else RepeatableLoader
+    def _loader(self, dataset: Dataset, collator: Callable, shuffle: bool, train: bool = False) -> DataLoader:
+        loader_cls = DataLoader if train else RepeatableLoader
+        sampler = None
+        trainer = getattr(self, "trainer", None)  # set once Lightning attaches this module to a Trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Our own sampler: Lightning's injected one always shuffles training data, which would ignore
+            # data.shuffle=false and make a DDP run impossible to compare with a single-process one.
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=trainer.world_size,
+                rank=trainer.global_rank,
+                shuffle=shuffle,
+                seed=self.seed,
+                drop_last=train,
+            )
         return loader_cls(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             collate_fn=collator,
             num_workers=self.num_workers,
-            persistent_workers=shuffle and self.num_workers > 0,
+            persistent_workers=train and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            drop_last=train and len(dataset) > self.batch_size,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, self.train_collator, shuffle=True)
+        return self._loader(self.train, self.train_collator, shuffle=self.shuffle_train, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.validation, self.val_collator, shuffle=False)
