@@ -85,7 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     available = [name for name, ds in splits.items() if ds is not None]
     if cfg.split not in available:
         raise DataError(f"split={cfg.split!r} is not in this data; available splits: {', '.join(available)}")
-    loader = datamodule._loader(splits[cfg.split], datamodule.val_collator, shuffle=False)
+    loader = datamodule.loader_for(cfg.split)
 
     trainer = L.Trainer(
         logger=False, enable_checkpointing=False, accelerator="auto", devices=1, enable_model_summary=False

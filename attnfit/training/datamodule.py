@@ -74,6 +74,13 @@ class TokenizedDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.validation, self.val_collator, shuffle=False)
 
+    def loader_for(self, split: str) -> DataLoader:
+        """An evaluation loader (no shuffling) over ``split``: train, validation or test."""
+        dataset = {"train": self.train, "validation": self.validation, "test": self.test}[split]
+        if dataset is None:
+            raise ValueError(f"this data has no {split} split")
+        return self._loader(dataset, self.val_collator, shuffle=False)
+
     def test_dataloader(self) -> DataLoader:
         if self.test is None:
             raise ValueError("this data has no test split")
