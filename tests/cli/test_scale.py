@@ -36,6 +36,13 @@ def test_multirun_records_a_failing_run_and_goes_on(run_cli, tmp_path):
     assert bad["status"] == "failed" and "num_heads=3 does not divide model.dim=32" in bad["error"]
     assert not (bad_dir / "checkpoints").exists()
 
+    # The report reads this real sweep: the completed run first, the failed one with its error, and a plot.
+    report = run_cli("cli.report", str(sweep))
+    assert report.stdout.index("attention.num_heads=2") < report.stdout.index("attention.num_heads=3")
+    markdown = (sweep / "report.md").read_text()
+    assert "completed" in markdown and "failed" in markdown and "does not divide" in markdown
+    assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_ddp_on_two_cpu_processes_matches_one_process(run_cli, tmp_path):
     """2 processes × batch 4 (gloo) against 1 process × batch 8: the same global batches, the same weights."""
