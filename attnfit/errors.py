@@ -21,6 +21,10 @@ class DataError(AttnfitError):
     """Data that is missing, empty or malformed."""
 
 
+class NumericalError(AttnfitError):
+    """Training produced NaN or Inf."""
+
+
 class CheckpointError(AttnfitError):
     """A checkpoint or exported model that cannot be loaded as asked."""
 

@@ -89,6 +89,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def newest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, list[str]]:
+    """The most recent checkpoint of a run directory that loads, and a note for each broken one skipped."""
+    directory = Path(run_dir) / "checkpoints"
+    candidates = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    skipped = []
+    for path in candidates:
+        try:
+            load_artifact(path)
+        except CheckpointError as error:
+            skipped.append(f"skipped {path.name}: {error}")
+            continue
+        return path, skipped
+    found = f"; {'; '.join(skipped)}" if skipped else ""
+    raise CheckpointError(f"no loadable checkpoint in {directory}{found}")
+
+
 def load_artifact(path: str | Path) -> Artifact:
     """Read a run directory, ``.ckpt`` file or exported directory; never unpickles arbitrary objects."""
     path = resolve_checkpoint(path)

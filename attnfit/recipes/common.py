@@ -17,7 +17,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import ConfigError, check_choice
-from attnfit.training.callbacks import ProgressBar, SaveLastOnTrainEnd, TokenThroughput
+from attnfit.training.callbacks import NonFiniteGuard, ProgressBar, SaveLastOnTrainEnd, TokenThroughput
+from attnfit.training.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger("attnfit")
 
@@ -31,6 +32,27 @@ def is_rank_zero() -> bool:
     """True in the process that writes files. Lightning's DDP launcher starts the other ranks by re-running
     the same command with LOCAL_RANK/NODE_RANK set, before any Trainer tells them their rank."""
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``ckpt_path``: a checkpoint file, a run directory (its newest loadable checkpoint) or ``auto`` (this run's
+    own directory, e.g. with ``hydra.run.dir=RUN_DIR``; nothing to resume there means a fresh start)."""
+    from attnfit.pretrained import newest_valid_checkpoint
+
+    if not ckpt_path:
+        return None
+    if str(ckpt_path) == "auto":
+        if not list((output_dir / "checkpoints").glob("*.ckpt")):
+            log.info("ckpt_path=auto: no checkpoint in %s yet, starting fresh", output_dir)
+            return None
+        ckpt_path = output_dir
+    if Path(str(ckpt_path)).is_dir():
+        path, skipped = newest_valid_checkpoint(str(ckpt_path))
+        for note in skipped:
+            log.warning(note)
+        log.info("resuming from %s", path)
+        return str(path)
+    return str(ckpt_path)
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -87,12 +109,15 @@ def build_trainer(
     stopping = cfg.callbacks.get("early_stopping")
     if stopping:
         callbacks.append(EarlyStopping(monitor=stopping.monitor, mode=stopping.mode, patience=int(stopping.patience)))
+    nonfinite = cfg.callbacks.get("nonfinite") or {}
+    callbacks.append(NonFiniteGuard(nonfinite.get("policy", "stop"), int(nonfinite.get("max_skips", 10))))
     callbacks.extend(extra_callbacks or [])
     if cfg.callbacks.progress_bar == "rich":
         callbacks.append(ProgressBar(leave=True))
     logger = build_logger(cfg.logger.kind, output_dir)
     kwargs.setdefault("enable_progress_bar", cfg.callbacks.progress_bar != "none")
-    return L.Trainer(default_root_dir=str(output_dir), logger=logger, callbacks=callbacks, **kwargs)
+    plugins = [AtomicCheckpointIO()]
+    return L.Trainer(default_root_dir=str(output_dir), logger=logger, callbacks=callbacks, plugins=plugins, **kwargs)
 
 
 def build_logger(kind: str, output_dir: Path) -> Logger:

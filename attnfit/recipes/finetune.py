@@ -19,6 +19,7 @@ from attnfit.recipes.common import (
     final_metrics,
     is_rank_zero,
     log_final_hparams,
+    resume_path,
     run_config,
     total_training_steps,
     write_metrics,
@@ -173,7 +174,8 @@ def finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> floa
     extra = [AttentionHeatmaps(data.examples, data.example_tokens)] if cfg.callbacks.get("heatmaps") else []
     extra += callbacks or []
     trainer = build_trainer(cfg, output_dir, monitor="val/f1", mode="max", extra_callbacks=extra)
-    trainer.fit(module, datamodule=data.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    ckpt_path = resume_path(cfg.ckpt_path, output_dir)
+    trainer.fit(module, datamodule=data.datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     if data.datamodule.test is not None:

@@ -30,6 +30,7 @@ from attnfit.recipes.common import (
     final_metrics,
     is_rank_zero,
     log_final_hparams,
+    resume_path,
     run_config,
     total_training_steps,
     write_metrics,
@@ -166,7 +167,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float |
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    resume = load_artifact(cfg.ckpt_path) if cfg.ckpt_path else None
+    ckpt_path = resume_path(cfg.ckpt_path, output_dir)
+    resume = load_artifact(ckpt_path) if ckpt_path else None
     prepared = prepare_data(cfg, tokenizer_json=resume.tokenizer_json if resume else None)
     if is_rank_zero():
         (output_dir / "tokenizer.json").write_text(prepared.tokenizer_json)
@@ -182,7 +184,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float |
     model_cfg = model_config_dict(cfg, prepared.vocab_size, prepared.pad_id)
     if resume is not None and resume.model_config != ModelConfig.from_dict(model_cfg).to_dict():
         raise CheckpointError(
-            f"{cfg.ckpt_path} holds a different model than this config; resume with the config "
+            f"{ckpt_path} holds a different model than this config; resume with the config "
             "it was trained with (its run directory has config.yaml)"
         )
     batches = math.ceil(prepared.num_train_rows / int(cfg.data.batch_size))
@@ -202,7 +204,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float |
         sum(p.numel() for p in module.parameters()) / 1e6,
     )
     trainer = build_trainer(cfg, output_dir, extra_callbacks=callbacks)
-    trainer.fit(module, datamodule=prepared.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    trainer.fit(module, datamodule=prepared.datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     metrics["unigram_baseline"] = prepared.unigram_baseline

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
+
+log = logging.getLogger("attnfit")
 
 
 class TokenThroughput(L.Callback):
@@ -99,3 +102,44 @@ class AttentionHeatmaps(L.Callback):
             label = pl_module.label_names[int(probs.argmax())]
             fig = attention_figure(tokens, pooling, last, title=f"predicted {label} ({float(probs.max()):.2f})")
             trainer.logger.experiment.add_figure(f"attention/example_{i}", fig, global_step=trainer.global_step)
+
+
+class NonFiniteGuard(L.Callback):
+    """Checks the gradients before every optimizer step; a NaN/Inf loss makes them non-finite too, so one check
+    catches both within the step. ``stop`` ends the run naming the step and the last good checkpoint (kept
+    intact: nothing is saved after the fault); ``skip`` drops the batch's update, up to ``max_skips`` times."""
+
+    def __init__(self, policy: str = "stop", max_skips: int = 10) -> None:
+        from attnfit.errors import check_choice
+
+        check_choice("callbacks.nonfinite.policy", policy, ("stop", "skip"))
+        self.policy, self.max_skips, self.skipped = policy, max_skips, 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        import torch
+
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        step = trainer.global_step
+        if self.policy == "skip" and self.skipped < self.max_skips:
+            self.skipped += 1
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients untouched
+            log.warning(
+                "non-finite loss or gradient at step %d: batch skipped (%d of at most %d)",
+                step,
+                self.skipped,
+                self.max_skips,
+            )
+            return
+        from attnfit.errors import NumericalError
+
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        reason = f"after {self.skipped} skipped batches " if self.policy == "skip" else ""
+        advice = "Lower optimizer.lr or check the data"
+        if self.policy == "stop":
+            advice += ", or set callbacks.nonfinite.policy=skip"
+        raise NumericalError(
+            f"non-finite loss or gradient at step {step} {reason}(NaN/Inf); training stopped. "
+            f"Last good checkpoint: {last}. {advice}"
+        )
