@@ -45,29 +45,28 @@ def attention_figure(
         fig.colorbar(image, ax=ax, fraction=0.03)
         i += 1
     if attention is not None:
-        ax = axes[i]
-        image = ax.imshow(np.asarray(attention, dtype=float)[:n, :n], cmap="viridis", aspect="auto")
-        ax.set_xticks(range(n), tokens, rotation=90, fontsize=8)
-        ax.set_yticks(range(n), tokens, fontsize=8)
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-        fig.colorbar(image, ax=ax, fraction=0.03)
+        _matrix(fig, axes[i], attention, tokens, tokens, "key", "query")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
+def _matrix(fig, ax, weights: np.ndarray, columns: list[str], rows: list[str], xlabel: str, ylabel: str) -> None:
+    """A rows × columns heat map with its token labels and a colour bar."""
+    image = ax.imshow(np.asarray(weights, dtype=float)[: len(rows), : len(columns)], cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+
+
 def alignment_figure(source: list[str], target: list[str], weights: np.ndarray, title: str = ""):
     """A target × source alignment matrix (sequence-to-sequence cross-attention)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.38 * len(source) + 1.5), max(3.0, 0.32 * len(target) + 1.0)))
-    image = ax.imshow(np.asarray(weights, dtype=float)[: len(target), : len(source)], cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(source)), source, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(target)), target, fontsize=8)
-    ax.set_xlabel("source")
-    ax.set_ylabel("target")
-    fig.colorbar(image, ax=ax, fraction=0.03)
+    _matrix(fig, ax, weights, source, target, "source", "target")
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()

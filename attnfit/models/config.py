@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from attnfit.errors import ConfigError, check_choice
+from attnfit.models.attention import ATTENTION_TYPES, SCORES
 
 ENCODERS = ("lstm", "gru", "cnn", "transformer")
-ATTENTIONS = ("global", "local", "self")
-SCORES = ("dot", "general", "concat")
+ATTENTIONS = ATTENTION_TYPES  # one registry: attnfit.models.attention
 POSITIONS = ("auto", "learned", "sinusoidal", "none")
 
 T = TypeVar("T")
