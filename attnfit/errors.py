@@ -29,6 +29,14 @@ class CheckpointError(AttnfitError):
     """A checkpoint or exported model that cannot be loaded as asked."""
 
 
+class TrainingInterrupted(AttnfitError):
+    """SIGTERM or Ctrl-C stopped training after a checkpoint was saved; not a mistake, so its own exit code."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.exit_code = 130 if signal_name == "SIGINT" else 143  # the shell's 128 + signal number
+
+
 def choice_error(
     what: str, value: object, choices: Iterable[str], cls: type[AttnfitError] = ConfigError
 ) -> AttnfitError:

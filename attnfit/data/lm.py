@@ -131,9 +131,11 @@ class MLMCollator:
     random non-special token, 10% stay; labels hold the original id there and -100 elsewhere.
 
     Specials and padding are never chosen; at least one token per batch is (if any is eligible). Masks
-    differ from batch to batch and epoch to epoch. With ``seed`` they are reproducible: the main process
-    draws from a generator seeded with ``seed``; a DataLoader worker mixes ``seed`` with the worker seed that
-    DataLoader draws per epoch from torch's (seeded) global RNG. Without ``seed`` masks use torch's global RNG.
+    differ from batch to batch and epoch to epoch. With ``seed`` they are reproducible: when the examples carry
+    a ``sample_key`` (the training loader's, see ``attnfit.training.datamodule``), a batch's masks are a
+    function of ``seed`` and its keys alone, so a resumed run or another worker count draws the same ones;
+    otherwise the main process draws from a generator seeded with ``seed`` and a DataLoader worker mixes
+    ``seed`` with its worker seed. Without ``seed`` masks use torch's global RNG.
     """
 
     pad_id: int
@@ -167,6 +169,13 @@ class MLMCollator:
             self._generator_seed = seed
         return self._generator
 
+    def _batch_rng(self, examples: Sequence[dict]) -> torch.Generator | None:
+        keys = [ex.get("sample_key") for ex in examples]
+        if self.seed is None or not keys or None in keys:
+            return self._rng()
+        digest = hashlib.blake2b(np.asarray([self.seed, *keys], dtype=np.int64).tobytes(), digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2**63)
+
     def reset(self) -> None:
         """Restart the mask generator from ``seed``: the next pass over the data draws the same masks."""
         self._generator = self._generator_seed = None
@@ -182,7 +191,7 @@ class MLMCollator:
 
     def __call__(self, examples: Sequence[dict]) -> dict:
         input_ids, padding_mask = _pad(examples, self.pad_id)
-        gen = self._rng()
+        gen = self._batch_rng(examples)
         eligible = ~padding_mask & ~torch.isin(input_ids, torch.tensor(self.special_ids, dtype=torch.long))
         chosen = (torch.rand(input_ids.shape, generator=gen) < self.mask_prob) & eligible
         if not chosen.any() and eligible.any():

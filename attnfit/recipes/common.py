@@ -16,8 +16,16 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from attnfit.errors import ConfigError, check_choice
-from attnfit.training.callbacks import NonFiniteGuard, ProgressBar, SaveLastOnTrainEnd, TokenThroughput
+from attnfit.errors import ConfigError, TrainingInterrupted, check_choice
+from attnfit.training.callbacks import (
+    GracefulShutdown,
+    NonFiniteGuard,
+    ProgressBar,
+    RestoreRngState,
+    SaveLastOnTrainEnd,
+    StepCheckpoints,
+    TokenThroughput,
+)
 from attnfit.training.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger("attnfit")
@@ -26,6 +34,32 @@ log = logging.getLogger("attnfit")
 def container(node: Any) -> Any:
     """A resolved plain-Python copy of a config node (what models and checkpoints take)."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+# Options whose type a typo on the command line breaks (``seed=x``, ``optimizer.lr=1e-3x``): checked first so the
+# mistake is named instead of surfacing as a traceback deep inside a library.
+OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "seed": (int,),
+    "compile": (bool,),
+    "data.batch_size": (int,),
+    "data.seq_len": (int,),
+    "data.num_workers": (int,),
+    "optimizer.lr": (int, float),
+    "optimizer.weight_decay": (int, float),
+    "scheduler.warmup_steps": (int,),
+    "trainer.max_steps": (int,),
+}
+
+
+def check_option_types(cfg: DictConfig) -> None:
+    """ConfigError naming any option of :data:`OPTION_TYPES` present in ``cfg`` with a value of the wrong type."""
+    for key, kinds in OPTION_TYPES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
 def is_rank_zero() -> bool:
@@ -91,19 +125,15 @@ def build_trainer(
             save_last=True,
         ),
         SaveLastOnTrainEnd(str(checkpoint_dir / "last.ckpt")),
+        GracefulShutdown(str(checkpoint_dir / "last.ckpt")),
+        RestoreRngState(),
         LearningRateMonitor(logging_interval="step"),
         TokenThroughput(every_n_batches=max(1, int(kwargs.get("log_every_n_steps", 10)))),
     ]
-    if ckpt_cfg.every_n_steps:
+    if ckpt_cfg.every_n_steps or ckpt_cfg.get("every_n_minutes"):
         callbacks.append(
-            ModelCheckpoint(
-                dirpath=checkpoint_dir,
-                filename="step{step:06d}",
-                auto_insert_metric_name=False,
-                every_n_train_steps=int(ckpt_cfg.every_n_steps),
-                save_top_k=int(ckpt_cfg.keep_last_k),
-                monitor="step",
-                mode="max",
+            StepCheckpoints(
+                checkpoint_dir, ckpt_cfg.every_n_steps, ckpt_cfg.get("every_n_minutes"), int(ckpt_cfg.keep_last_k)
             )
         )
     stopping = cfg.callbacks.get("early_stopping")
@@ -118,6 +148,26 @@ def build_trainer(
     kwargs.setdefault("enable_progress_bar", cfg.callbacks.progress_bar != "none")
     plugins = [AtomicCheckpointIO()]
     return L.Trainer(default_root_dir=str(output_dir), logger=logger, callbacks=callbacks, plugins=plugins, **kwargs)
+
+
+def fit(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None
+) -> None:
+    """``trainer.fit`` (weights-only checkpoint loading) that reports SIGTERM/Ctrl-C as
+    :class:`TrainingInterrupted` once :class:`GracefulShutdown` has saved the last step."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        shutdown = next(c for c in trainer.callbacks if isinstance(c, GracefulShutdown))
+        name = shutdown.signal_name or "SIGTERM"
+        run_dir = Path(shutdown.path).parents[1]
+        raise TrainingInterrupted(
+            f"{name} received: training stopped after step {trainer.global_step} and saved {shutdown.saved}; "
+            f"continue with ckpt_path={run_dir}",
+            name,
+        ) from None
 
 
 def build_logger(kind: str, output_dir: Path) -> Logger:

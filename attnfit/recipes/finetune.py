@@ -15,8 +15,10 @@ from attnfit.errors import ConfigError, check_choice
 from attnfit.pretrained import load_artifact, merged_state_dict
 from attnfit.recipes.common import (
     build_trainer,
+    check_option_types,
     container,
     final_metrics,
+    fit,
     is_rank_zero,
     log_final_hparams,
     resume_path,
@@ -106,6 +108,7 @@ def check_finetune_config(cfg: DictConfig) -> None:
             "exported model directory"
         )
     check_choice("task", cfg.task.name, FINETUNE_TASKS)
+    check_option_types(cfg)
     if int(cfg.data.seq_len) < 3:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} must be ≥ 3 (<cls>, one token, <eos>)")
     if int(cfg.data.batch_size) < 1:
@@ -175,7 +178,7 @@ def finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> floa
     extra += callbacks or []
     trainer = build_trainer(cfg, output_dir, monitor="val/f1", mode="max", extra_callbacks=extra)
     ckpt_path = resume_path(cfg.ckpt_path, output_dir)
-    trainer.fit(module, datamodule=data.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit(trainer, module, data.datamodule, ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     if data.datamodule.test is not None:

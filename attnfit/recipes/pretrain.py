@@ -26,8 +26,10 @@ from attnfit.models import ModelConfig
 from attnfit.pretrained import load_artifact
 from attnfit.recipes.common import (
     build_trainer,
+    check_option_types,
     container,
     final_metrics,
+    fit,
     is_rank_zero,
     log_final_hparams,
     resume_path,
@@ -58,6 +60,7 @@ def model_config_dict(cfg: DictConfig, vocab_size: int, pad_id: int = 0) -> dict
 
 def check_config(cfg: DictConfig) -> None:
     """Cheap checks that fail before any data is read or model built."""
+    check_option_types(cfg)
     check_choice("task", cfg.task.name, LM_TASKS)
     ModelConfig.from_dict(model_config_dict(cfg, vocab_size=1))  # validates encoder/attention/model
     seq_len = int(cfg.data.seq_len)
@@ -204,7 +207,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float |
         sum(p.numel() for p in module.parameters()) / 1e6,
     )
     trainer = build_trainer(cfg, output_dir, extra_callbacks=callbacks)
-    trainer.fit(module, datamodule=prepared.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit(trainer, module, prepared.datamodule, ckpt_path)
 
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     metrics["unigram_baseline"] = prepared.unigram_baseline

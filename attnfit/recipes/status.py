@@ -10,7 +10,7 @@ STATUS_FILE = "status.json"
 
 
 def write_status(cfg: Any, status: str, objective: Any, error: str | None, seconds: float) -> Path | None:
-    """Write ``RUN_DIR/status.json``; ``status`` is completed, failed or pruned."""
+    """Write ``RUN_DIR/status.json``; ``status`` is completed, failed, pruned or interrupted."""
     try:
         output_dir = Path(cfg.paths.output_dir)
     except Exception:  # the run directory itself could not be resolved: nothing to write into

@@ -1,14 +1,17 @@
-"""Callbacks: token throughput for the progress bar and TensorBoard."""
+"""Callbacks: throughput, progress, heat maps, and the guards that keep a run's work (NaN/Inf, signals, RNG)."""
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger("attnfit")
 
@@ -47,20 +50,51 @@ class TokenThroughput(L.Callback):
 class SaveLastOnTrainEnd(L.Callback):
     """Write ``last.ckpt`` when training ends, unless it already holds the final step.
 
-    ModelCheckpoint saves after validation and at epoch ends; a run that stops on ``max_steps`` between
-    two validations would otherwise leave its last steps out of ``last.ckpt``.
+    ModelCheckpoint saves it after validation and at epoch ends; a run that stops on ``max_steps`` between two
+    validations would otherwise leave its last steps out of ``last.ckpt``. (The file itself is checked: other
+    checkpoints, e.g. step ones, may have been written at the final step while ``last.ckpt`` was not.)
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._saved_step = -1
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self._saved_step = trainer.global_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step != self._saved_step or not Path(self.path).exists():
-            trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer and loops, for resume
+        path = Path(self.path)
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step")
+            if saved == trainer.global_step:
+                return
+        trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer and loops, for resume
+
+
+class StepCheckpoints(L.Callback):
+    """``step{N:06d}.ckpt`` every ``every_n_steps`` optimizer steps and/or ``every_n_minutes``; the newest
+    ``keep_last_k`` are kept. (Lightning's ModelCheckpoint with ``monitor="step"`` defers a save that falls on
+    the last batch of an epoch to a validation that may never come, so these are written here.)"""
+
+    def __init__(
+        self, dirpath: str | Path, every_n_steps: int | None, every_n_minutes: float | None, keep_last_k: int
+    ) -> None:
+        self.dirpath, self.keep_last_k = Path(dirpath), keep_last_k
+        self.every_n_steps, self.every_n_minutes = every_n_steps, every_n_minutes
+        self._last_time, self._last_step = time.monotonic(), -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # mid-accumulation or a skipped batch: no new optimizer step
+            return
+        self._last_step = step
+        due = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        if self.every_n_minutes:
+            late = time.monotonic() - self._last_time >= 60 * self.every_n_minutes
+            due = due or bool(trainer.strategy.broadcast(late))  # rank zero's clock decides for all ranks
+        if not due or (self.dirpath / f"step{step:06d}.ckpt").exists():
+            return
+        trainer.save_checkpoint(self.dirpath / f"step{step:06d}.ckpt", weights_only=False)
+        self._last_time = time.monotonic()
+        if trainer.is_global_zero:
+            for old in sorted(self.dirpath.glob("step*.ckpt"))[: -self.keep_last_k]:
+                old.unlink(missing_ok=True)
 
 
 class ProgressBar(RichProgressBar):
@@ -143,3 +177,74 @@ class NonFiniteGuard(L.Callback):
             f"non-finite loss or gradient at step {step} {reason}(NaN/Inf); training stopped. "
             f"Last good checkpoint: {last}. {advice}"
         )
+
+
+class RestoreRngState(L.Callback):
+    """Saves torch's global RNG state (dropout draws from it) in every checkpoint and puts it back when training
+    resumes, so resumed steps draw the dropout masks the uninterrupted run would have drawn. Data order and MLM
+    masks do not depend on it (see ``attnfit.training.datamodule``). Under DDP the state is rank zero's."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._loaded is None:
+            return
+        torch.set_rng_state(self._loaded["torch"])
+        if self._loaded["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._loaded["cuda"])
+        self._loaded = None
+
+
+class GracefulShutdown(L.Callback):
+    """SIGTERM (what cluster schedulers send before preemption) or Ctrl-C: finish the current step, save
+    ``path`` and stop; the recipe turns that into :class:`~attnfit.errors.TrainingInterrupted`. Lightning
+    already turns SIGTERM into a stop between steps; Ctrl-C is routed to the same handler so it cannot leave a
+    half-applied optimizer step. A second Ctrl-C aborts at once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.signal_name: str | None = None
+        self.saved: str | None = None
+        self._previous: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        lightning_handler = self._previous[signal.SIGTERM]  # sets trainer.received_sigterm, stops DDP peers
+
+        def handler(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT and self.signal_name == "SIGINT":
+                raise KeyboardInterrupt  # pressed twice: stop now
+            self.signal_name = self.signal_name or signal.Signals(signum).name
+            log.warning("%s received: stopping after this step and saving %s", self.signal_name, self.path)
+            if callable(lightning_handler):
+                lightning_handler(signal.SIGTERM, frame)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+        if isinstance(exception, SIGTERMException):
+            self.signal_name = self.signal_name or "SIGTERM"
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved = self.path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in (self._previous or {}).items():
+            signal.signal(signum, handler)
+        self._previous = None

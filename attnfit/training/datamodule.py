@@ -1,8 +1,14 @@
-"""A LightningDataModule over already tokenized splits: loading and tokenizing happen before it, once."""
+"""A LightningDataModule over already tokenized splits: loading and tokenizing happen before it, once.
+
+Training data order is a pure function of (seed, epoch, position), and the training loader's state (epoch and
+batches consumed) is saved in every checkpoint, so a run resumed mid-epoch sees exactly the batches, in the
+order and with the MLM masks, that the uninterrupted run would have seen.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -17,6 +23,68 @@ class RepeatableLoader(DataLoader):
         if reset is not None:
             reset()
         return super().__iter__()
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded per-epoch order (``seed + epoch``), sharded over ranks, that can start part-way into an epoch.
+
+    It yields *sample keys* ``epoch · N + index`` rather than indices: :class:`KeyedDataset` turns them back
+    into rows and hands the key to the collator, which seeds its randomness (MLM masks) from it. Subclassing
+    ``DistributedSampler`` tells Lightning not to inject its own (which would always shuffle).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.skip = 0  # samples of this rank to skip on the next pass (set when resuming)
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())[self.skip :]
+        self.skip = 0
+        n = len(self.dataset)
+        return iter([self.epoch * n + i for i in order])
+
+
+class KeyedDataset(Dataset):
+    """Rows of ``dataset`` addressed by sample key (``epoch · N + index``), each carrying its ``sample_key``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int) -> dict:
+        return {**self.dataset[key % len(self.dataset)], "sample_key": key}
+
+    def __getitems__(self, keys: list[int]) -> list[dict]:
+        n = len(self.dataset)
+        getitems = getattr(self.dataset, "__getitems__", None)
+        rows = getitems([k % n for k in keys]) if getitems else [self.dataset[k % n] for k in keys]
+        return [{**row, "sample_key": k} for row, k in zip(rows, keys, strict=True)]
+
+
+class ResumableLoader(DataLoader):
+    """The training loader. Lightning saves :meth:`state_dict` in checkpoints and calls :meth:`load_state_dict`
+    before iterating when it resumes (its ``_Stateful`` protocol); ``progress`` reports the batches consumed this
+    epoch as the Trainer counts them, which excludes the batch its fetcher has already prefetched."""
+    # The epoch is the sampler's (set by Lightning when the epoch began): at the end of a run stopped by
+    # max_steps the Trainer already counts the unfinished epoch as done.
+
+    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": self.progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not isinstance(self.sampler, ResumableSampler):  # replaced by Lightning, e.g. for overfit_batches
+            return
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):  # saved at the end of an epoch: the next one starts afresh
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = batches * int(self.batch_size)
 
 
 class TokenizedDataModule(L.LightningDataModule):
@@ -40,48 +108,55 @@ class TokenizedDataModule(L.LightningDataModule):
         self.train_collator, self.val_collator = train_collator, val_collator
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
-    def _loader(self, dataset: Dataset, collator: Callable, shuffle: bool, train: bool = False) -> DataLoader:
-        loader_cls = DataLoader if train else RepeatableLoader
-        sampler = None
+    def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)  # set once Lightning attaches this module to a Trainer
-        if trainer is not None and trainer.world_size > 1:
-            # Our own sampler: Lightning's injected one always shuffles training data, which would ignore
-            # data.shuffle=false and make a DDP run impossible to compare with a single-process one.
-            sampler = DistributedSampler(
-                dataset,
-                num_replicas=trainer.world_size,
-                rank=trainer.global_rank,
-                shuffle=shuffle,
-                seed=self.seed,
-                drop_last=train,
-            )
-        return loader_cls(
-            dataset,
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _progress(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def _common(self, collator: Callable) -> dict[str, Any]:
+        # An explicit generator everywhere: creating an iterator must not draw from torch's global RNG, whose
+        # state (dropout) a resumed run restores and must see unchanged.
+        return dict(
             batch_size=self.batch_size,
-            shuffle=shuffle if sampler is None else None,
-            sampler=sampler,
             collate_fn=collator,
             num_workers=self.num_workers,
-            persistent_workers=train and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=train and len(dataset) > self.batch_size,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, self.train_collator, shuffle=self.shuffle_train, train=True)
+        world_size, rank = self._world()
+        dataset = KeyedDataset(self.train)
+        sampler = ResumableSampler(dataset, world_size, rank, self.shuffle_train, self.seed)
+        return ResumableLoader(
+            dataset,
+            sampler=sampler,
+            drop_last=len(sampler) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+            progress=self._progress,
+            **self._common(self.train_collator),
+        )
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        world_size, rank = self._world()
+        sampler = None
+        if world_size > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return RepeatableLoader(dataset, sampler=sampler, **self._common(self.val_collator))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.validation, self.val_collator, shuffle=False)
+        return self._eval_loader(self.validation)
 
     def loader_for(self, split: str) -> DataLoader:
         """An evaluation loader (no shuffling) over ``split``: train, validation or test."""
         dataset = {"train": self.train, "validation": self.validation, "test": self.test}[split]
         if dataset is None:
             raise ValueError(f"this data has no {split} split")
-        return self._loader(dataset, self.val_collator, shuffle=False)
+        return self._eval_loader(dataset)
 
     def test_dataloader(self) -> DataLoader:
         if self.test is None:
             raise ValueError("this data has no test split")
-        return self._loader(self.test, self.val_collator, shuffle=False)
+        return self._eval_loader(self.test)

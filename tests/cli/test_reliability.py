@@ -1,7 +1,14 @@
-"""Faults that must not lose work: NaN/Inf, a truncated checkpoint, a crash while saving."""
+"""Faults that must not lose work: NaN/Inf, a truncated checkpoint, a crash while saving, kill -9, SIGTERM, Ctrl-C."""
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +30,15 @@ def test_non_finite_training_stops_within_one_step_and_keeps_the_last_checkpoint
 
 def test_skip_policy_drops_bad_batches_up_to_a_limit(run_cli, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("train", *TINY, *DIVERGE, "callbacks.nonfinite.policy=skip", "callbacks.nonfinite.max_skips=2",
-                   f"hydra.run.dir={run_dir}", check=False)
+    proc = run_cli(
+        "train",
+        *TINY,
+        *DIVERGE,
+        "callbacks.nonfinite.policy=skip",
+        "callbacks.nonfinite.max_skips=2",
+        f"hydra.run.dir={run_dir}",
+        check=False,
+    )
     assert (proc.stdout + proc.stderr).count("batch skipped") == 2, proc.stdout[-2000:]
     assert proc.returncode == 2 and "after 2 skipped batches" in proc.stderr
     assert "policy=skip" not in proc.stderr  # no advice to do what it already does
@@ -66,3 +80,103 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypat
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["step"] == 1
     assert [p.name for p in Path(tmp_path).iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+# --- Exact resume: kill -9, SIGTERM and Ctrl-C at random steps end where an uninterrupted run ends ---------------
+
+# MLM (random masks), dropout on, an epoch of 8 batches (so resumes land mid-epoch and on epoch boundaries),
+# a checkpoint after every step.
+EXACT = [
+    *TINY,
+    "task=mlm",
+    "data.num_train_docs=12",
+    "data.num_val_docs=5",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=5",
+    "trainer.deterministic=true",
+    "callbacks.checkpoint.every_n_steps=1",
+]
+
+
+def _train(cache_dir: Path, run_dir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "attnfit.train", *EXACT, f"hydra.run.dir={run_dir}", *args]
+    return subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt_at(proc: subprocess.Popen, run_dir: Path, step: int, signum: int) -> tuple[int, str]:
+    """Send ``signum`` as soon as the checkpoint of ``step`` appears; returns (exit code, stderr)."""
+    marker = run_dir / "checkpoints" / f"step{step:06d}.ckpt"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+def _assert_same_state(resumed: Path, reference: Path) -> None:
+    a = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 20
+    assert a["lr_schedulers"] == b["lr_schedulers"]  # the same schedule position
+    assert a["loops"]["fit_loop"]["state_dict"] == b["loops"]["fit_loop"]["state_dict"]  # the same data position
+    for name, tensor in b["state_dict"].items():
+        assert torch.equal(a["state_dict"][name], tensor), name  # bit-identical weights
+    for key, state in b["optimizer_states"][0]["state"].items():
+        assert torch.equal(a["optimizer_states"][0]["state"][key]["exp_avg"], state["exp_avg"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    proc = _train(cache_dir, run_dir)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    return run_dir
+
+
+def test_kill_9_at_random_steps_then_resume_gives_the_same_final_weights(cache_dir, tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    first, second = sorted(random.Random().sample(range(2, 16), 2))
+    for step in (first, second):
+        code, stderr = _interrupt_at(_train(cache_dir, run_dir, "ckpt_path=auto"), run_dir, step, signal.SIGKILL)
+        assert code == -signal.SIGKILL, f"not killed at step {step}: {stderr[-2000:]}"
+    proc = _train(cache_dir, run_dir, "ckpt_path=auto")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    _assert_same_state(run_dir, uninterrupted)
+
+
+def test_sigterm_and_ctrl_c_save_a_checkpoint_exit_cleanly_and_resume_exactly(cache_dir, tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    first, second = sorted(random.Random().sample(range(2, 16), 2))
+    for step, signum, code in ((first, signal.SIGTERM, 143), (second, signal.SIGINT, 130)):
+        proc = _train(cache_dir, run_dir, "ckpt_path=auto")
+        returncode, stderr = _interrupt_at(proc, run_dir, step, signum)
+        assert returncode == code, stderr[-3000:]
+        assert f"stopped: {signum.name} received: training stopped after step" in stderr
+        assert "Traceback" not in stderr
+        saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        assert step <= saved < 20
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    proc = _train(cache_dir, run_dir, "ckpt_path=auto")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    _assert_same_state(run_dir, uninterrupted)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["trainer.max_step=3"], "unknown key trainer.max_step (did you mean trainer.max_steps?)"),
+        (["encoder=lstm", "encoder.num_layer=3"], "unknown key encoder.num_layer (did you mean encoder.num_layers?)"),
+        (["sed=3"], "unknown key sed (did you mean seed?); keys at the top level:"),
+        (["seed=x"], "error: seed must be int, got 'x' (str)"),
+        (["optimizer.lr=fast"], "error: optimizer.lr must be int or float, got 'fast' (str)"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_are_named_with_the_closest_valid_key(run_cli, args, expected):
+    proc = run_cli("train", *args, check=False)
+    assert proc.returncode in (1, 2) and expected in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
