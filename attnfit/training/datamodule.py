@@ -67,6 +67,7 @@ class ResumableLoader(DataLoader):
     """The training loader. Lightning saves :meth:`state_dict` in checkpoints and calls :meth:`load_state_dict`
     before iterating when it resumes (its ``_Stateful`` protocol); ``progress`` reports the batches consumed this
     epoch as the Trainer counts them, which excludes the batch its fetcher has already prefetched."""
+
     # The epoch is the sampler's (set by Lightning when the epoch began): at the end of a run stopped by
     # max_steps the Trainer already counts the unfinished epoch as done.
 

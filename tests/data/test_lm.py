@@ -189,4 +189,3 @@ def test_mlm_masks_vary_per_epoch_and_reproduce_under_a_seed(num_workers):
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))  # but reproducible
     batches = first[0].view(4, 2, -1)
     assert not torch.equal(batches[0], batches[1])  # batches from different workers differ
-
