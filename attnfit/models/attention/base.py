@@ -1,11 +1,17 @@
 """The one attention interface every attention type implements.
 
-``forward(query, key=None, value=None, key_padding_mask=None, causal=False, need_weights=False)``
+``forward(query, key=None, value=None, key_padding_mask=None, causal=False, need_weights=False, kv=None,
+query_offset=0)``
 
 - ``query (B, Tq, D)``; ``key``/``value (B, Tk, D)`` default to ``query`` (self-attention).
 - ``key_padding_mask (B, Tk)`` bool, True at padding (PyTorch's convention).
 - ``causal``: query ``i`` sees keys up to its own position. With ``Tq < Tk`` (incremental decoding) queries
   are aligned to the *last* ``Tq`` keys.
+- ``kv``: keys and values already projected and split into heads, each ``(B, H, Tk, d)`` (from
+  :meth:`MultiHeadAttention.project_kv`); ``key``/``value`` are then ignored. For decoder caches: a
+  cross-attention memory projected once, or a self-attention KV cache grown step by step.
+- ``query_offset``: absolute position of the first query (incremental decoding). Only position-aware attention
+  (Luong local-m) uses it; ``causal`` keeps aligning queries to the last ``Tq`` keys.
 - Returns ``(context (B, Tq, D), weights (B, H, Tq, Tk) or None)``; weights only when ``need_weights``.
 """
 
@@ -34,6 +40,11 @@ class MultiHeadAttention(nn.Module):
     def _split(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, d)
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
+    def project_kv(self, key: Tensor, value: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Project and split keys/values ``(B, Tk, D)`` -> ``(B, H, Tk, d)`` each, for ``forward(kv=...)``."""
+        value = key if value is None else value
+        return self._split(self.k_proj(key)), self._split(self.v_proj(value))
+
     def forward(
         self,
         query: Tensor,
@@ -42,17 +53,30 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         causal: bool = False,
         need_weights: bool = False,
+        kv: tuple[Tensor, Tensor] | None = None,
+        query_offset: int = 0,
     ) -> tuple[Tensor, Tensor | None]:
-        key = query if key is None else key
-        value = key if value is None else value
-        q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
-        context, weights = self.attend(q, k, v, key_padding_mask, causal, need_weights)  # (B, H, Tq, d)
+        q = self._split(self.q_proj(query))  # (B, H, Tq, d)
+        if kv is None:
+            key = query if key is None else key
+            k, v = self.project_kv(key, value)  # (B, H, Tk, d)
+        else:
+            k, v = kv
+        context, weights = self.attend(q, k, v, key_padding_mask, causal, need_weights, query_offset)  # (B, H, Tq, d)
         context = context.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)
         return self.out_proj(context), weights
 
     def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, need_weights: bool
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        need_weights: bool,
+        query_offset: int = 0,
     ) -> tuple[Tensor, Tensor | None]:
+        """``q (B, H, Tq, d)``, ``k``/``v (B, H, Tk, d)`` -> ``(context (B, H, Tq, d), weights or None)``."""
         raise NotImplementedError
 
 

@@ -37,7 +37,7 @@ class LocalAttention(MultiHeadAttention):
         self.window, self.score_name = window, score
         self.score = SCORES[score](num_heads, self.head_dim)
 
-    def attend(self, q, k, v, key_padding_mask, causal, need_weights) -> tuple[Tensor, Tensor | None]:
+    def attend(self, q, k, v, key_padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
         B, H, T, d = q.shape
         if k.shape[2] != T:
             raise ValueError("local attention needs queries and keys of the same length (self-attention)")

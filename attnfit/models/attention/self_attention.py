@@ -15,7 +15,7 @@ from attnfit.models.attention.base import MultiHeadAttention, blocked_positions,
 class SelfAttention(MultiHeadAttention):
     """Scaled dot-product attention, self or cross, with the fused kernel whenever weights are not needed."""
 
-    def attend(self, q, k, v, key_padding_mask, causal, need_weights) -> tuple[Tensor, Tensor | None]:
+    def attend(self, q, k, v, key_padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
         tq, tk = q.shape[2], k.shape[2]
         if need_weights:
             scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)
