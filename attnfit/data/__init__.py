@@ -16,6 +16,14 @@ from attnfit.data.lm import (
     tokenize_for_lm,
     unigram_cross_entropy,
 )
+from attnfit.data.seq2seq import (
+    PARALLEL_SIDES,
+    Seq2SeqCollator,
+    default_embedded_translation_dir,
+    load_parallel_splits,
+    parallel_texts,
+    tokenize_for_seq2seq,
+)
 from attnfit.data.sources import FILE_FORMATS, SOURCE_KINDS, default_embedded_dir, infer_file_format, load_text_splits
 from attnfit.data.synthetic import (
     CLASSIFICATION_LABELS,
@@ -23,6 +31,11 @@ from attnfit.data.synthetic import (
     generate_lm_corpus,
     write_embedded_classification,
     write_embedded_corpus,
+)
+from attnfit.data.synthetic_seq2seq import (
+    generate_translation_pairs,
+    translation_vocabulary,
+    write_embedded_translation,
 )
 from attnfit.data.tokenizer import (
     BOS_ID,
@@ -51,6 +64,7 @@ __all__ = [
     "IGNORE_INDEX",
     "MASK_ID",
     "PAD_ID",
+    "PARALLEL_SIDES",
     "SEP_ID",
     "SOURCE_KINDS",
     "SPECIAL_TOKENS",
@@ -59,25 +73,33 @@ __all__ = [
     "CLMCollator",
     "ClassificationCollator",
     "MLMCollator",
+    "Seq2SeqCollator",
     "class_weights",
     "default_embedded_classification_dir",
     "default_embedded_dir",
+    "default_embedded_translation_dir",
     "encode_labels",
     "generate_classification_corpus",
     "generate_lm_corpus",
+    "generate_translation_pairs",
     "get_tokenizer",
     "infer_file_format",
     "label_names_from",
     "load_classification_splits",
+    "load_parallel_splits",
     "load_text_splits",
     "load_tokenizer",
+    "parallel_texts",
     "special_token_id",
     "special_token_ids",
     "tokenize_for_classification",
     "tokenize_for_lm",
+    "tokenize_for_seq2seq",
     "tokenizer_fingerprint",
     "train_tokenizer",
+    "translation_vocabulary",
     "unigram_cross_entropy",
     "write_embedded_classification",
     "write_embedded_corpus",
+    "write_embedded_translation",
 ]
