@@ -25,7 +25,7 @@ EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_TOKENIZER = "model.safetensors", "config.j
 class Artifact:
     """Everything needed to rebuild a trained model: configs, tokenizer and weights (model keys, no prefix)."""
 
-    task: str  # mlm | clm | classification
+    task: str  # mlm | clm | classification | seq2seq
     model_config: dict[str, Any]
     tokenizer_json: str
     state_dict: dict[str, Tensor]
@@ -130,6 +130,7 @@ def load_artifact(path: str | Path) -> Artifact:
         label_names=meta.get("label_names"),
         lora=meta.get("lora"),
         run_config=meta.get("run_config"),
+        extra={k: meta[k] for k in ("target_tokenizer", "decode", "metric") if k in meta},
     )
 
 

@@ -49,7 +49,7 @@ class EncoderConfig:
     num_layers: int = 2
     bidirectional: bool | None = None  # RNNs: None = bidirectional unless the model is causal
     kernel_size: int = 3  # cnn
-    attention_layers: int = 1  # rnn/cnn: attention layers of the chosen type on top
+    attention_layers: int = 1  # rnn/cnn: attention layers of the chosen type on top (0: none)
     ffn_mult: int = 4  # feed-forward width = ffn_mult · dim
     dropout: float = 0.1
 
@@ -57,7 +57,7 @@ class EncoderConfig:
         check_choice("encoder", self.name, ENCODERS)
         _at_least("encoder.num_layers", self.num_layers, 1)
         _at_least("encoder.kernel_size", self.kernel_size, 1)
-        _at_least("encoder.attention_layers", self.attention_layers, 1)
+        _at_least("encoder.attention_layers", self.attention_layers, 0)
         _at_least("encoder.ffn_mult", self.ffn_mult, 1)
         _probability("encoder.dropout", self.dropout)
 

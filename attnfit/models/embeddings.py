@@ -21,9 +21,11 @@ def sinusoidal_table(max_len: int, dim: int) -> Tensor:
 class Embeddings(nn.Module):
     """``ids (B, T) → (B, T, D)``."""
 
-    def __init__(self, vocab_size: int, dim: int, max_len: int, position: str, pad_id: int, dropout: float) -> None:
+    def __init__(
+        self, vocab_size: int, dim: int, max_len: int, position: str, pad_id: int, dropout: float, scale: float = 1.0
+    ) -> None:
         super().__init__()
-        self.max_len = max_len
+        self.max_len, self.scale = max_len, scale
         self.token = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         self.position = nn.Embedding(max_len, dim) if position == "learned" else None
         if position == "sinusoidal":
@@ -36,7 +38,7 @@ class Embeddings(nn.Module):
         T = input_ids.shape[1]
         if offset + T > self.max_len:
             raise ValueError(f"sequence of {offset + T} tokens exceeds the model's max_len={self.max_len}")
-        x = self.token(input_ids)
+        x = self.token(input_ids) * self.scale if self.scale != 1.0 else self.token(input_ids)
         if self.position is not None:
             x = x + self.position(torch.arange(offset, offset + T, device=input_ids.device))
         elif self.sinusoid is not None:

@@ -27,8 +27,17 @@ class Backbone(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # RNN inputs are scaled by √dim (as Vaswani et al. scale transformer embeddings): with N(0, 0.02) tokens an
+        # LSTM/GRU barely sees its input at first, which stalls seq2seq encoders; LayerNorm spares transformers this.
+        rnn = config.encoder.name in ("lstm", "gru")
         self.embeddings = Embeddings(
-            config.vocab_size, config.dim, config.max_len, config.position_kind, config.pad_id, config.encoder.dropout
+            config.vocab_size,
+            config.dim,
+            config.max_len,
+            config.position_kind,
+            config.pad_id,
+            config.encoder.dropout,
+            scale=config.dim**0.5 if rnn else 1.0,
         )
         self.encoder = build_encoder(config)
 

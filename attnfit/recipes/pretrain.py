@@ -165,6 +165,10 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float |
     """Run one pretraining job; returns ``cfg.optimized_metric`` for Hydra sweepers.
 
     ``callbacks`` are added to the Trainer's (a search adds its pruning callback here)."""
+    if cfg.task.name == "seq2seq":
+        from attnfit.recipes.seq2seq import train_seq2seq
+
+        return train_seq2seq(cfg, callbacks)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_config(cfg)

@@ -248,3 +248,30 @@ class GracefulShutdown(L.Callback):
         for signum, handler in (self._previous or {}).items():
             signal.signal(signum, handler)
         self._previous = None
+
+
+class AlignmentHeatmaps(L.Callback):
+    """After each validation, decode a few fixed validation pairs and log their cross-attention (target ×
+    source, averaged over heads) to TensorBoard as heat maps: how the alignment forms during training."""
+
+    def __init__(self, dataset: Any, count: int, source_tokenizer_json: str) -> None:
+        from tokenizers import Tokenizer
+
+        self.rows = [dataset[i] for i in range(min(count, len(dataset)))]
+        self.source_tokenizer = Tokenizer.from_str(source_tokenizer_json)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not self.rows or trainer.sanity_checking or not hasattr(experiment, "add_figure"):
+            return
+        from attnfit.viz import alignment_figure
+
+        for i, row in enumerate(self.rows):
+            src = torch.tensor([row["source_ids"]], device=pl_module.device)
+            out = pl_module.generate(src, torch.zeros_like(src, dtype=torch.bool), beam_size=1, alignments=True)
+            n = int(out.lengths[0])
+            target = [pl_module.target_tokenizer.id_to_token(int(t)) for t in out.tokens[0, :n]]
+            source = [self.source_tokenizer.id_to_token(int(t)) for t in row["source_ids"]]
+            weights = out.alignments[0, :n].float().cpu().numpy()
+            fig = alignment_figure(source, target, weights, title=f"validation pair {i}")
+            experiment.add_figure(f"alignment/pair_{i}", fig, global_step=trainer.global_step)

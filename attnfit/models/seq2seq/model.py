@@ -26,8 +26,10 @@ class Seq2SeqModel(nn.Module):
         self.encoder = Backbone(config.encoder)
         # RNN decoders know positions from their recurrence; transformers need learned ones.
         position = "learned" if dec.name == "transformer" else "none"
+        # RNN decoders scale their inputs by √dim like RNN encoders (see Backbone): N(0, 0.02) tokens are too faint.
+        scale = 1.0 if dec.name == "transformer" else config.dim**0.5
         self.tgt_embeddings = Embeddings(
-            config.target_vocab_size, config.dim, config.max_target_len, position, config.pad_id, dec.dropout
+            config.target_vocab_size, config.dim, config.max_target_len, position, config.pad_id, dec.dropout, scale
         )
         self.decoder = build_decoder(config)
         self.output = nn.Linear(config.dim, config.target_vocab_size)

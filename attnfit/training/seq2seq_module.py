@@ -1,0 +1,166 @@
+"""LightningModule for sequence-to-sequence training: teacher forcing, label smoothing, decoding and BLEU/ROUGE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from attnfit.models.seq2seq import Seq2SeqConfig, Seq2SeqModel, beam_search, greedy_decode
+from attnfit.pretrained import CHECKPOINT_KEY, checkpoint_metadata
+from attnfit.training.optim import build_optimizer, build_scheduler, decay_groups
+
+METRICS = ("bleu", "rouge")
+
+
+def corpus_scores(hypotheses: list[str], references: list[str], metric: str) -> dict[str, float]:
+    """sacreBLEU's corpus BLEU (13a tokenisation), or ROUGE-1/2/L F-measures (torchmetrics), in percent."""
+    if metric == "bleu":
+        import sacrebleu
+
+        return {"bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score)}
+    from torchmetrics.text.rouge import ROUGEScore
+
+    scores = ROUGEScore(rouge_keys=("rouge1", "rouge2", "rougeL"))(hypotheses, references)
+    return {key: 100 * float(scores[f"{key}_fmeasure"]) for key in ("rouge1", "rouge2", "rougeL")}
+
+
+class Seq2SeqModule(L.LightningModule):
+    """Wraps :class:`Seq2SeqModel`; every constructor argument is plain data, saved as hyper-parameters.
+
+    Validation scores the loss with teacher forcing and decodes every sentence (greedy unless
+    ``decode.val_beam_size > 1``) for BLEU or ROUGE against the raw reference text.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        optimizer: dict,
+        scheduler: dict,
+        total_steps: int,
+        tokenizer_json: str,
+        target_tokenizer_json: str | None = None,
+        label_smoothing: float = 0.1,
+        metric: str = "bleu",
+        decode: dict | None = None,
+        num_samples: int = 4,
+        compile: bool = False,
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer_json", "target_tokenizer_json", "run_config"], logger=False)
+        self.model_config = Seq2SeqConfig.from_dict(model)
+        self.model = Seq2SeqModel(self.model_config)
+        self.tokenizer_json, self.target_tokenizer_json, self.run_config = (
+            tokenizer_json,
+            target_tokenizer_json,
+            run_config,
+        )
+        self.target_tokenizer = Tokenizer.from_str(target_tokenizer_json or tokenizer_json)
+        self.decode_cfg = {"beam_size": 4, "length_penalty": 1.0, "max_len": 64, "val_beam_size": 1, **(decode or {})}
+        self.bos_id = self.target_tokenizer.token_to_id("<bos>")
+        self.eos_id = self.target_tokenizer.token_to_id("<eos>")
+        if compile:
+            self.model.encoder.compile()
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(batch["source_ids"], batch["source_mask"], batch["target_in"])[0]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch)
+        loss = self.model.loss(logits, batch["labels"], self.hparams.label_smoothing)
+        self.log("train/loss", loss)
+        self.log("loss", loss, prog_bar=True, logger=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    # ---- decoding ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, source_ids: Tensor, source_mask: Tensor, beam_size: int | None = None, alignments: bool = False):
+        """Decoded token ids (and alignments) for a batch; beam size 1 is greedy."""
+        beam = int(beam_size or self.decode_cfg["beam_size"])
+        common = dict(
+            bos_id=self.bos_id, eos_id=self.eos_id, max_len=int(self.decode_cfg["max_len"]), need_alignments=alignments
+        )
+        if beam == 1:
+            return greedy_decode(self.model, source_ids, source_mask, **common)
+        return beam_search(
+            self.model,
+            source_ids,
+            source_mask,
+            beam_size=beam,
+            length_penalty=float(self.decode_cfg["length_penalty"]),
+            **common,
+        )
+
+    def detokenize(self, tokens: Tensor, lengths: Tensor) -> list[str]:
+        rows = [row[: int(n)].tolist() for row, n in zip(tokens, lengths, strict=True)]
+        return self.target_tokenizer.decode_batch(rows)
+
+    # ---- validation / test ------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss·n, n
+        self._hypotheses: list[str] = []
+        self._references: list[str] = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch)
+        labels = batch["labels"]
+        count = (labels != -100).sum()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        self._sums += torch.stack([loss.double() * count, count.double()])
+        beam = 1 if not self.trainer.testing else None
+        if not self.trainer.testing and int(self.decode_cfg["val_beam_size"]) > 1:
+            beam = int(self.decode_cfg["val_beam_size"])
+        out = self.generate(batch["source_ids"], batch["source_mask"], beam)
+        self._hypotheses += self.detokenize(out.tokens, out.lengths)
+        self._references += batch["target_text"]
+
+    test_step = validation_step
+
+    def _log_epoch(self, split: str) -> dict[str, float]:
+        total = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
+        loss = (total[0] / total[1].clamp(min=1)).float()
+        self.log(f"{split}/loss", loss, sync_dist=False)
+        self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)))
+        scores = corpus_scores(self._hypotheses, self._references, self.hparams.metric) if self._hypotheses else {}
+        for name, value in scores.items():
+            self.log(f"{split}/{name}", value)
+        if split == "val":
+            self.log("val_loss", loss, prog_bar=True, logger=False)
+            if scores:
+                self.log(f"val_{self.hparams.metric}", next(iter(scores.values())), prog_bar=True, logger=False)
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+        logger = self.logger
+        if logger is not None and hasattr(logger.experiment, "add_text") and self._hypotheses:
+            lines = [f"**hyp:** {h}  \n**ref:** {r}" for h, r in zip(self._hypotheses, self._references, strict=False)][
+                : self.hparams.num_samples
+            ]
+            logger.experiment.add_text("samples", "\n\n".join(lines), global_step=self.global_step)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = dict(self.hparams.optimizer)
+        optimizer = build_optimizer(decay_groups(self.model, opt.pop("weight_decay", 0.01)), **opt)
+        sched = dict(self.hparams.scheduler)
+        scheduler = build_scheduler(optimizer, sched.pop("name"), self.hparams.total_steps, **sched)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(
+            "seq2seq", self.model_config.to_dict(), self.tokenizer_json, run_config=self.run_config
+        )
+        checkpoint[CHECKPOINT_KEY]["target_tokenizer"] = self.target_tokenizer_json
+        checkpoint[CHECKPOINT_KEY]["decode"] = dict(self.decode_cfg)
+        checkpoint[CHECKPOINT_KEY]["metric"] = self.hparams.metric
