@@ -30,7 +30,7 @@ from attnfit.recipes.pretrain import check_optimization
 from attnfit.training.datamodule import TokenizedDataModule
 
 log = logging.getLogger("attnfit")
-FINETUNE_TASKS = ("classification",)
+FINETUNE_TASKS = ("classification", "seq2seq")
 
 
 @dataclass
@@ -131,6 +131,12 @@ def finetune(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> floa
     from attnfit.training.callbacks import AttentionHeatmaps
     from attnfit.training.classification_module import ClassificationModule
 
+    if cfg.task.name == "seq2seq":
+        from attnfit.recipes.seq2seq import train_seq2seq
+
+        if not cfg.get("pretrained"):
+            raise ConfigError("attnfit-finetune needs pretrained=RUN_DIR (a run directory, .ckpt or export)")
+        return train_seq2seq(cfg, callbacks, pretrained=load_artifact(cfg.pretrained))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_finetune_config(cfg)

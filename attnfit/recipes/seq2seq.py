@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnfit.data import special_token_id
 from attnfit.data.seq2seq import Seq2SeqCollator, load_parallel_splits, parallel_texts, tokenize_for_seq2seq
@@ -93,7 +93,7 @@ def prepare_pairs(cfg: DictConfig, tokenizer_json: str | None = None, target_jso
         seed=int(cfg.seed),
         embedded_dir=cache_dir / "embedded-translation",
     )
-    tok, joint = cfg.tokenizer, bool(cfg.task.joint_tokenizer)
+    tok, joint = cfg.get("tokenizer"), bool(cfg.task.joint_tokenizer)
     key = splits["train"]._fingerprint
 
     def train_tokenizer(side: str) -> Any:
@@ -146,21 +146,27 @@ def prepare_pairs(cfg: DictConfig, tokenizer_json: str | None = None, target_jso
     )
 
 
-def seq2seq_config_dict(cfg: DictConfig, source_vocab: int, target_vocab: int, pad_id: int) -> dict[str, Any]:
-    """The plain-data :class:`Seq2SeqConfig` this run's config describes."""
+def seq2seq_config_dict(
+    cfg: DictConfig, source_vocab: int, target_vocab: int, pad_id: int, encoder: dict | None = None
+) -> dict[str, Any]:
+    """The plain-data :class:`Seq2SeqConfig` this run's config describes; ``encoder``: a pretrained encoder's
+    model config, used instead of the ``model``/``encoder``/``attention`` groups."""
     from attnfit.recipes.pretrain import model_config_dict
 
     task = cfg.task
-    encoder = model_config_dict(cfg, source_vocab, pad_id)
-    encoder["causal"] = False
-    encoder["max_len"] = max(int(encoder["max_len"]), int(cfg.data.max_source_len))
+    if encoder is None:
+        encoder = model_config_dict(cfg, source_vocab, pad_id)
+        encoder["max_len"] = max(int(encoder["max_len"]), int(cfg.data.max_source_len))
+    encoder = {**encoder, "causal": False}
+    attention = encoder["attention"]  # unset cross-attention settings follow the encoder's attention
     cross = container(task.cross_attention)
+    cross["name"] = cross.get("name") or attention["name"]
     if cross.get("score") is None:
-        cross["score"] = OmegaConf.select(cfg, "attention.score", default=None) or (
-            "dot" if cross["name"] == "self" else "general"
-        )
+        cross["score"] = attention.get("score") or ("dot" if cross["name"] == "self" else "general")
+        if cross["name"] == "self":
+            cross["score"] = "dot"
     if cross.get("num_heads") is None:
-        cross["num_heads"] = int(cfg.attention.num_heads) if cross["name"] == "self" else 1
+        cross["num_heads"] = int(attention["num_heads"]) if cross["name"] == "self" else 1
     return {
         "encoder": encoder,
         "target_vocab_size": target_vocab,
@@ -172,7 +178,7 @@ def seq2seq_config_dict(cfg: DictConfig, source_vocab: int, target_vocab: int, p
     }
 
 
-def check_seq2seq_config(cfg: DictConfig) -> None:
+def check_seq2seq_config(cfg: DictConfig, encoder: dict | None = None) -> None:
     """Cheap checks before any data is read."""
     check_option_types(cfg)
     check_choice("task.metric", cfg.task.metric, METRICS)
@@ -187,7 +193,8 @@ def check_seq2seq_config(cfg: DictConfig) -> None:
         raise ConfigError(f"task.label_smoothing={cfg.task.label_smoothing} must be in [0, 1)")
     if int(cfg.task.decode.beam_size) < 1:
         raise ConfigError(f"task.decode.beam_size={cfg.task.decode.beam_size} must be ≥ 1")
-    Seq2SeqConfig.from_dict(seq2seq_config_dict(cfg, 64, 64, 0))  # validates encoder, decoder, cross-attention
+    vocab = int(encoder["vocab_size"]) if encoder else 64
+    Seq2SeqConfig.from_dict(seq2seq_config_dict(cfg, vocab, vocab, 0, encoder))  # encoder, decoder, cross-attention
     from attnfit.recipes.pretrain import check_optimization
 
     check_optimization(cfg)
@@ -205,7 +212,15 @@ def train_seq2seq(
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_seq2seq_config(cfg)
+    if pretrained is not None and pretrained.task == "seq2seq":
+        raise ConfigError(f"{pretrained.source} is already a seq2seq model; continue it with ckpt_path= instead")
+    pretrained_encoder = {**pretrained.model_config, "causal": False} if pretrained is not None else None
+    check_seq2seq_config(cfg, pretrained_encoder)
+    if pretrained_encoder is not None and int(cfg.data.max_source_len) > int(pretrained_encoder["max_len"]):
+        raise ConfigError(
+            f"data.max_source_len={cfg.data.max_source_len} exceeds the pretrained encoder's max_len="
+            f"{pretrained_encoder['max_len']}; set data.max_source_len={pretrained_encoder['max_len']} or less"
+        )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     ckpt_path = resume_path(cfg.ckpt_path, output_dir)
@@ -222,9 +237,9 @@ def train_seq2seq(
         if prepared.target_tokenizer_json:
             (output_dir / "target_tokenizer.json").write_text(prepared.target_tokenizer_json)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    model_cfg = seq2seq_config_dict(cfg, prepared.source_vocab, prepared.target_vocab, prepared.pad_id)
-    if pretrained is not None:
-        model_cfg["encoder"] = {**pretrained.model_config, "causal": False}
+    model_cfg = seq2seq_config_dict(
+        cfg, prepared.source_vocab, prepared.target_vocab, prepared.pad_id, pretrained_encoder
+    )
     if resume is not None and resume.model_config != Seq2SeqConfig.from_dict(model_cfg).to_dict():
         raise CheckpointError(f"{ckpt_path} holds a different model than this config; resume with its config.yaml")
     batches = math.ceil(prepared.num_train / int(cfg.data.batch_size))
@@ -244,10 +259,10 @@ def train_seq2seq(
     )
     if pretrained is not None and resume is None:
         report = load_pretrained_backbone(module.model, pretrained.state_dict)
-        log.info("encoder initialised from %s: %s", pretrained.source, report)
+        log.info("encoder initialised from %s (%d tensors)", pretrained.source, len(report.loaded))
     log.info(
         "model: %s encoder + %s decoder, %s cross-attention; %.2fM parameters; %d training pairs",
-        cfg.encoder.name,
+        module.model_config.encoder.encoder.name,
         cfg.decoder.name,
         module.model_config.cross_attention.name,
         sum(p.numel() for p in module.parameters()) / 1e6,
@@ -260,6 +275,9 @@ def train_seq2seq(
 
         extra.append(AlignmentHeatmaps(prepared.datamodule.validation, heatmaps, prepared.source_tokenizer_json))
     monitor = f"val/{'bleu' if cfg.task.metric == 'bleu' else 'rougeL'}"
+    if cfg.callbacks.get("early_stopping"):  # fine-tuning's preset watches a classification metric
+        with open_dict(cfg):
+            cfg.callbacks.early_stopping.monitor, cfg.callbacks.early_stopping.mode = monitor, "max"
     trainer = build_trainer(cfg, output_dir, monitor=monitor, mode="max", extra_callbacks=extra)
     fit(trainer, module, prepared.datamodule, ckpt_path)
 
