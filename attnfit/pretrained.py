@@ -19,6 +19,7 @@ from attnfit.errors import CheckpointError
 FORMAT_VERSION = 1
 CHECKPOINT_KEY = "attnfit"  # where a Lightning checkpoint keeps attnfit's plain-data metadata
 EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+EXPORT_TARGET_TOKENIZER = "target_tokenizer.json"  # seq2seq with a separate target vocabulary only
 
 
 @dataclass
@@ -145,6 +146,10 @@ def _load_export(directory: Path) -> Artifact:
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{directory / EXPORT_CONFIG} is not valid JSON: {error}") from None
     _check_version(meta, directory)
+    extra = {k: meta[k] for k in ("decode", "metric") if k in meta}
+    if meta.get("task") == "seq2seq":
+        target = directory / EXPORT_TARGET_TOKENIZER
+        extra["target_tokenizer"] = target.read_text() if target.exists() else None
     return Artifact(
         task=meta["task"],
         model_config=meta["model_config"],
@@ -155,6 +160,7 @@ def _load_export(directory: Path) -> Artifact:
         label_names=meta.get("label_names"),
         lora=meta.get("lora"),
         run_config=meta.get("run_config"),
+        extra=extra,
     )
 
 
@@ -170,27 +176,43 @@ def build_model(artifact: Artifact, load_weights: bool = True) -> nn.Module:
     """The plain PyTorch model an artifact describes (LoRA adapters re-applied when its weights hold them)."""
     from attnfit.models import LanguageModel, ModelConfig
 
-    config = ModelConfig.from_dict(artifact.model_config)
-    if artifact.task == "classification":
-        from attnfit.models.classifier import ClassifierConfig, SequenceClassifier
+    if artifact.task == "seq2seq":
+        from attnfit.models.seq2seq import Seq2SeqConfig, Seq2SeqModel
 
-        model: nn.Module = SequenceClassifier(config, ClassifierConfig.from_dict(artifact.classifier_config))
-        model.label_names = list(artifact.label_names or [])
+        model: nn.Module = Seq2SeqModel(Seq2SeqConfig.from_dict(artifact.model_config))
+        tied: set[str] = set()
     else:
-        model = LanguageModel(config)
+        config = ModelConfig.from_dict(artifact.model_config)
+        if artifact.task == "classification":
+            from attnfit.models.classifier import ClassifierConfig, SequenceClassifier
+
+            model = SequenceClassifier(config, ClassifierConfig.from_dict(artifact.classifier_config))
+            model.label_names = list(artifact.label_names or [])
+        else:
+            model = LanguageModel(config)
+        tied = {"head.decoder.weight"} if config.tie_embeddings and artifact.task != "classification" else set()
     if artifact.lora:
         from attnfit.models.lora import apply_lora
 
         apply_lora(model.backbone, **artifact.lora)
     if load_weights:
         missing, unexpected = model.load_state_dict(artifact.state_dict, strict=False)
-        tied = {"head.decoder.weight"} if config.tie_embeddings and artifact.task != "classification" else set()
-        if set(missing) - tied or unexpected:
+        absent = set(missing) - tied - _stored_under_another_name(model, artifact.state_dict)
+        if absent or unexpected:
             raise CheckpointError(
-                f"{artifact.source} does not match its own model config: missing {sorted(set(missing) - tied)[:5]}, "
+                f"{artifact.source} does not match its own model config: missing {sorted(absent)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
     return model
+
+
+def _stored_under_another_name(model: nn.Module, state: dict[str, Tensor]) -> set[str]:
+    """Names of shared tensors (tied output layer, shared embeddings) whose value ``state`` holds under another
+    of their names: safetensors stores a shared tensor once, so an export lacks the other names."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return {name for names in groups.values() if len(names) > 1 and any(n in state for n in names) for name in names}
 
 
 def merged_state_dict(artifact: Artifact) -> dict[str, Tensor]:
@@ -207,16 +229,26 @@ def merged_state_dict(artifact: Artifact) -> dict[str, Tensor]:
 def load_pretrained(path: str | Path) -> tuple[nn.Module, Any]:
     """``model, tokenizer = attnfit.load_pretrained(path)`` for an exported directory, run directory or ``.ckpt``.
 
-    The model is in eval mode; classifiers carry ``model.label_names``. The tokenizer is a ``tokenizers.Tokenizer``.
+    The model is in eval mode; classifiers carry ``model.label_names``. The tokenizer is a ``tokenizers.Tokenizer``;
+    for a seq2seq model it is the source tokenizer, and the model carries ``model.target_tokenizer`` (the same object
+    when the vocabulary is joint) and ``model.decode_config`` (beam_size, length_penalty, max_len of its training).
     """
     from tokenizers import Tokenizer
 
     artifact = load_artifact(path)
-    return build_model(artifact).eval(), Tokenizer.from_str(artifact.tokenizer_json)
+    model, tokenizer = build_model(artifact).eval(), Tokenizer.from_str(artifact.tokenizer_json)
+    if artifact.task == "seq2seq":
+        target = artifact.extra.get("target_tokenizer")
+        model.target_tokenizer = Tokenizer.from_str(target) if target else tokenizer
+        model.decode_config = dict(artifact.extra.get("decode") or {})
+    return model, tokenizer
 
 
 def export(artifact: Artifact, out: str | Path, merge_lora: bool = True) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``tokenizer.json`` to ``out``; LoRA is merged by default."""
+    """Write ``model.safetensors``, ``config.json`` and ``tokenizer.json`` to ``out``; LoRA is merged by default.
+
+    A seq2seq model with its own target vocabulary adds ``target_tokenizer.json``; its decoding settings and metric
+    go into ``config.json``."""
     from safetensors.torch import save_model
 
     model = build_model(artifact)
@@ -230,6 +262,12 @@ def export(artifact: Artifact, out: str | Path, merge_lora: bool = True) -> Path
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, str(out / EXPORT_WEIGHTS))  # shared (tied) tensors are stored once
     meta = {**artifact.metadata(), "lora": lora, "run_config": artifact.run_config}
+    meta.update({k: v for k, v in artifact.extra.items() if k in ("decode", "metric")})
     (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     (out / EXPORT_TOKENIZER).write_text(artifact.tokenizer_json)
+    target = out / EXPORT_TARGET_TOKENIZER
+    if artifact.extra.get("target_tokenizer"):
+        target.write_text(artifact.extra["target_tokenizer"])
+    elif target.exists():  # left over from an earlier export to the same directory
+        target.unlink()
     return out

@@ -12,10 +12,32 @@ from omegaconf import DictConfig, OmegaConf
 from attnfit.errors import ConfigError, DataError
 from attnfit.pretrained import Artifact, load_artifact
 from attnfit.recipes.common import container
+from attnfit.recipes.predict import check_beam_size
 
 
-def evaluation_module(artifact: Artifact) -> L.LightningModule:
-    """The training module of the artifact's task with its weights, for ``Trainer.test``."""
+def evaluation_module(artifact: Artifact, beam_size: int | None = None) -> L.LightningModule:
+    """The training module of the artifact's task with its weights, for ``Trainer.test``.
+
+    A seq2seq module decodes with beam search: ``beam_size``, else the width the checkpoint was trained to use."""
+    if artifact.task == "seq2seq":
+        from attnfit.pretrained import build_model
+        from attnfit.training.seq2seq_module import Seq2SeqModule
+
+        decode = dict(artifact.extra.get("decode") or {})
+        if beam_size is not None:
+            decode["beam_size"] = int(beam_size)
+        module = Seq2SeqModule(
+            artifact.model_config,
+            {},
+            {},
+            total_steps=1,
+            tokenizer_json=artifact.tokenizer_json,
+            target_tokenizer_json=artifact.extra.get("target_tokenizer"),
+            metric=artifact.extra.get("metric", "bleu"),
+            decode=decode,
+        )
+        module.model = build_model(artifact)
+        return module
     if artifact.task == "classification":
         from attnfit.training.classification_module import ClassificationModule
 
@@ -67,6 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
+    check_beam_size(cfg.get("beam_size"))
     artifact = load_artifact(cfg.checkpoint)
     job = job_config(cfg, artifact)
     if artifact.task == "classification":
@@ -77,6 +100,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         datamodule = prepare_classification_data(
             job, Tokenizer.from_str(artifact.tokenizer_json), label_names=artifact.label_names
         ).datamodule
+    elif artifact.task == "seq2seq":
+        datamodule = seq2seq_data(job, artifact, str(cfg.split))
     else:
         from attnfit.recipes.pretrain import prepare_data
 
@@ -87,13 +112,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise DataError(f"split={cfg.split!r} is not in this data; available splits: {', '.join(available)}")
     loader = datamodule.loader_for(cfg.split)
 
+    module = evaluation_module(artifact, cfg.get("beam_size"))
     trainer = L.Trainer(
         logger=False, enable_checkpointing=False, accelerator="auto", devices=1, enable_model_summary=False
     )
-    results = trainer.test(evaluation_module(artifact), dataloaders=loader, verbose=False)[0]
+    results = trainer.test(module, dataloaders=loader, verbose=False)[0]
     metrics = {key.removeprefix("test/"): float(value) for key, value in results.items()}
 
-    table = Table(title=f"{artifact.task} · {artifact.source} · split {cfg.split} ({len(splits[cfg.split])} rows)")
+    title = f"{artifact.task} · {artifact.source} · split {cfg.split} ({len(splits[cfg.split])} rows)"
+    if artifact.task == "seq2seq":
+        title += f" · beam {module.decode_cfg['beam_size']}"
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in sorted(metrics.items()):
@@ -107,9 +136,30 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "rows": len(splits[cfg.split]),
         "metrics": metrics,
     }
+    if artifact.task == "seq2seq":
+        record["decode"] = {k: module.decode_cfg[k] for k in ("beam_size", "length_penalty", "max_len")}
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"metrics written to {out}")
     return metrics
+
+
+def seq2seq_data(job: DictConfig, artifact: Artifact, split: str) -> L.LightningDataModule:
+    """The parallel splits of the run's data, tokenized with the checkpoint's tokenizer(s). Validation and test keep
+    their reference texts for BLEU/ROUGE; train gets them back from its target ids when it is the split scored."""
+    from attnfit.recipes.seq2seq import prepare_pairs
+
+    target_json = artifact.extra.get("target_tokenizer")
+    datamodule = prepare_pairs(job, artifact.tokenizer_json, target_json).datamodule
+    if split == "train" and "target_text" not in datamodule.train.column_names:
+        from tokenizers import Tokenizer
+
+        target = Tokenizer.from_str(target_json or artifact.tokenizer_json)
+        datamodule.train = datamodule.train.map(
+            lambda batch: {"target_text": target.decode_batch([ids[1:-1] for ids in batch["target_ids"]])},
+            batched=True,
+            desc="reference texts (train)",
+        )
+    return datamodule
 
 
 def default_output(artifact: Artifact, split: str) -> Path:

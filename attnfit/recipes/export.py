@@ -1,4 +1,5 @@
-"""Export a saved model as a portable directory: model.safetensors, config.json, tokenizer.json."""
+"""Export a saved model as a portable directory: model.safetensors, config.json, tokenizer.json (and
+for seq2seq with a separate target vocabulary target_tokenizer.json)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ def export_model(cfg: DictConfig) -> Path:
     load_pretrained(out)  # proves the directory loads on its own
     print(f"exported {artifact.task} model from {artifact.source} to {out}:")
     for path in sorted(out.iterdir()):
-        print(f"  {path.name:20s} {path.stat().st_size / 1e6:8.2f} MB")
+        print(f"  {path.name:22s} {path.stat().st_size / 1e6:8.2f} MB")
     print(f"load it with: model, tokenizer = attnfit.load_pretrained({str(out)!r})")
-    print(f"fine-tune it: attnfit-finetune pretrained={out}")
+    if artifact.task == "seq2seq":
+        print(f"translate:    attnfit-predict checkpoint={out} text='...' heatmap=true")
+    else:
+        print(f"fine-tune it: attnfit-finetune pretrained={out}")
     return out

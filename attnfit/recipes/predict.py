@@ -1,4 +1,5 @@
-"""Predictions from a saved model: labels and probabilities, generated text or filled masks; attention on request."""
+"""Predictions from a saved model: labels and probabilities, generated text, filled masks or translations;
+attention (or, for seq2seq, target × source alignment) heat maps on request."""
 
 from __future__ import annotations
 
@@ -34,19 +35,22 @@ def read_inputs(cfg: DictConfig) -> list[str]:
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Print and write ``predictions.jsonl`` (and heat maps when ``attention=true``) to ``cfg.out``."""
+    """Print and write ``predictions.jsonl`` (and heat maps when ``heatmap=true``) to ``cfg.out``."""
     from tokenizers import Tokenizer
 
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
+    check_beam_size(cfg.get("beam_size"))
     inputs = read_inputs(cfg)
     artifact = load_artifact(cfg.checkpoint)
     tokenizer = Tokenizer.from_str(artifact.tokenizer_json)
     model = build_model(artifact).eval()
+    if artifact.task == "seq2seq":
+        model.target_tokenizer = Tokenizer.from_str(artifact.extra.get("target_tokenizer") or artifact.tokenizer_json)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
-    handler = {"classification": classify, "clm": generate, "mlm": fill_masks}[artifact.task]
+    handler = {"classification": classify, "clm": generate, "mlm": fill_masks, "seq2seq": translate}[artifact.task]
     results = [handler(model, tokenizer, artifact, text, cfg, out, i) for i, text in enumerate(inputs)]
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
         for result in results:
@@ -150,3 +154,59 @@ def fill_masks(model, tokenizer, artifact: Artifact, text: str, cfg: DictConfig,
         )
         print(f"{mask_token} @ {position}: " + ", ".join(f"{f['token']!r} {f['p']:.3f}" for f in fills[-1]))
     return {"text": text, "fills": fills}
+
+
+def check_beam_size(beam_size: Any) -> None:
+    if beam_size is not None and (isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1):
+        raise ConfigError(f"beam_size={beam_size!r} must be an integer ≥ 1 (1 = greedy), or null for the checkpoint's")
+
+
+@torch.no_grad()
+def translate(model, tokenizer, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+    """Beam search (the checkpoint's width unless ``beam_size=``); with ``heatmap=true`` the cross-attention
+    alignment (target × source, averaged over heads) as a PNG and as a matrix in the JSON record."""
+    from attnfit.data import special_token_id
+    from attnfit.models.seq2seq import beam_search, greedy_decode
+
+    target_tokenizer = model.target_tokenizer
+    decode = artifact.extra.get("decode") or {}
+    beam = int(cfg.get("beam_size") or decode.get("beam_size", 4))
+    max_len = min(int(decode.get("max_len", 64)), model.config.max_target_len)
+    max_source = int(cfg.get("max_len") or artifact.model_config["encoder"]["max_len"])
+    words = tokenizer.encode(text, add_special_tokens=False).ids[: max_source - 1]
+    ids = [*words, special_token_id(tokenizer, "eos")]  # as in training: source [eos]
+    common = dict(
+        bos_id=special_token_id(target_tokenizer, "bos"),
+        eos_id=special_token_id(target_tokenizer, "eos"),
+        max_len=max_len,
+        need_alignments=bool(cfg.heatmap),
+    )
+    source = torch.tensor([ids])
+    if beam == 1:
+        output = greedy_decode(model, source, None, **common)
+    else:
+        output = beam_search(
+            model, source, None, beam_size=beam, length_penalty=float(decode.get("length_penalty", 1.0)), **common
+        )
+    n = int(output.lengths[0])
+    target_ids = output.tokens[0, :n].tolist()
+    translation = target_tokenizer.decode(target_ids)
+    print(f"{text}  →  \033[1m{translation}\033[0m")
+    result = {"source": text, "translation": translation, "score": round(float(output.scores[0]), 6), "beam_size": beam}
+    if cfg.heatmap:
+        from attnfit.viz import alignment_figure, save_figure
+
+        source_tokens, target_tokens = _tokens(tokenizer, ids), _tokens(target_tokenizer, target_ids)
+        weights = output.alignments[0, :n].float().numpy()  # (target, source)
+        path = out / f"alignment_{index}.png"
+        save_figure(alignment_figure(source_tokens, target_tokens, weights, title=translation), path)
+        links = [f"{t}←{source_tokens[int(row.argmax())]}" for t, row in zip(target_tokens, weights, strict=True)]
+        print("alignment (strongest source token): " + " ".join(links))
+        print(f"alignment heat map: {path}")
+        result["alignment"] = {
+            "source_tokens": source_tokens,
+            "target_tokens": target_tokens,
+            "weights": [[round(float(w), 6) for w in row] for row in weights],
+            "heatmap": str(path),
+        }
+    return result
