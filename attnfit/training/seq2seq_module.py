@@ -132,6 +132,9 @@ class Seq2SeqModule(L.LightningModule):
         scores = corpus_scores(self._hypotheses, self._references, self.hparams.metric) if self._hypotheses else {}
         for name, value in scores.items():
             self.log(f"{split}/{name}", value)
+        if self._hypotheses:  # whole sentences right (whitespace-normalised): the strict measure for toy tasks
+            same = sum(h.split() == r.split() for h, r in zip(self._hypotheses, self._references, strict=True))
+            self.log(f"{split}/exact_match", same / len(self._hypotheses))
         if split == "val":
             self.log("val_loss", loss, prog_bar=True, logger=False)
             if scores:
