@@ -392,22 +392,38 @@ def write_embedded_classification(
     Each split has its own seed and shares no sentence with the earlier ones.
     """
     sizes = {"train": num_train, "validation": num_val, "test": num_test}
+    meta = {"kind": "classification", "version": CLASSIFICATION_VERSION, "seed": seed}
+    return write_disjoint_splits(
+        directory, sizes, meta, lambda n, split_seed, seen: _classification_examples(n, split_seed, seen), "text", 2
+    )
+
+
+def write_disjoint_splits(
+    directory: str | Path,
+    sizes: dict[str, int],
+    meta: dict,
+    generate: Callable[[int, int, set[str]], list[dict]],
+    key: str,
+    min_size: int = 1,
+) -> dict[str, Path]:
+    """Write ``SPLIT.jsonl`` for each of ``sizes`` with ``generate(n, seed, seen)`` unless files written with the
+    same ``meta`` exist (reused files keep their times, so caches built from them stay valid). Each split gets
+    its own seed and excludes the ``key`` values of the splits before it."""
     for split, n in sizes.items():
-        if n < 2:
-            raise ConfigError(f"the embedded classification {split} split needs at least 2 examples, got {n}")
+        if n < min_size:
+            raise ConfigError(f"the embedded {meta['kind']} {split} split needs at least {min_size} rows, got {n}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {split: directory / f"{split}.jsonl" for split in sizes}
     meta_path = directory / "meta.json"
-    meta = {"kind": "classification", "version": CLASSIFICATION_VERSION, "num_train": num_train}
-    meta |= {"num_val": num_val, "num_test": num_test, "seed": seed}
+    meta = {**meta, **{f"num_{split}": n for split, n in sizes.items()}}
     if _meta_matches(meta_path, meta, paths):
         return paths
     meta_path.unlink(missing_ok=True)  # invalidate first: a crash below must not leave stale meta behind
     seen: set[str] = set()
     for i, (split, n) in enumerate(sizes.items()):
-        examples = _classification_examples(n, seed + i * 1_000_003, seen)
-        seen.update(ex["text"] for ex in examples)
-        _atomic_write_text(paths[split], "".join(json.dumps(ex) + "\n" for ex in examples))
+        rows = generate(n, meta["seed"] + i * 1_000_003, seen)
+        seen.update(row[key] for row in rows)
+        _atomic_write_text(paths[split], "".join(json.dumps(row) + "\n" for row in rows))
     _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return paths

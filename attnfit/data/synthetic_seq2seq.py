@@ -19,12 +19,11 @@ Words and punctuation are separated by single spaces; sources have 5-25 tokens, 
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import NamedTuple
 
-from attnfit.data.synthetic import _atomic_write_text, _meta_matches
+from attnfit.data.synthetic import write_disjoint_splits
 from attnfit.errors import ConfigError, DataError
 
 TRANSLATION_VERSION = 1  # bump when the grammar changes, so embedded files are rewritten
@@ -400,22 +399,5 @@ def write_embedded_translation(
     modification times, so the datasets cache built from them stays valid.
     """
     sizes = {"train": num_train, "validation": num_val, "test": num_test}
-    for split, n in sizes.items():
-        if n < 1:
-            raise ConfigError(f"the embedded translation {split} split needs at least 1 pair, got {n}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {split: directory / f"{split}.jsonl" for split in sizes}
-    meta_path = directory / "meta.json"
-    meta = {"kind": "translation", "version": TRANSLATION_VERSION, "num_train": num_train}
-    meta |= {"num_val": num_val, "num_test": num_test, "seed": seed}
-    if _meta_matches(meta_path, meta, paths):
-        return paths
-    meta_path.unlink(missing_ok=True)  # invalidate first: a crash below must not leave stale meta behind
-    seen: set[str] = set()
-    for i, (split, n) in enumerate(sizes.items()):
-        pairs = _pairs(n, seed + i * 1_000_003, seen)
-        seen.update(p["source"] for p in pairs)
-        _atomic_write_text(paths[split], "".join(json.dumps(p) + "\n" for p in pairs))
-    _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
-    return paths
+    meta = {"kind": "translation", "version": TRANSLATION_VERSION, "seed": seed}
+    return write_disjoint_splits(directory, sizes, meta, _pairs, "source")

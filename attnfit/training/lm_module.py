@@ -11,7 +11,7 @@ from torch import Tensor
 
 from attnfit.models import LanguageModel, ModelConfig
 from attnfit.pretrained import CHECKPOINT_KEY, checkpoint_metadata
-from attnfit.training.optim import build_optimizer, build_scheduler, decay_groups
+from attnfit.training.optim import lightning_optimization
 
 
 class LanguageModelingModule(L.LightningModule):
@@ -96,11 +96,8 @@ class LanguageModelingModule(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = dict(self.hparams.optimizer)
-        optimizer = build_optimizer(decay_groups(self.model, opt.pop("weight_decay", 0.01)), **opt)
-        sched = dict(self.hparams.scheduler)
-        scheduler = build_scheduler(optimizer, sched.pop("name"), self.hparams.total_steps, **sched)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        hp = self.hparams
+        return lightning_optimization(self.model, hp.optimizer, hp.scheduler, hp.total_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(
