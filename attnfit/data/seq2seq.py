@@ -34,7 +34,7 @@ from attnfit.data.sources import (
     _split_off_validation,
     _to_columns,
     default_embedded_dir,
-    infer_file_format,
+    split_format,
 )
 from attnfit.data.synthetic_seq2seq import write_embedded_translation
 from attnfit.data.tokenizer import special_token_id, tokenizer_fingerprint
@@ -124,15 +124,7 @@ def _read_table(
     """csv/tsv/json/parquet file(s) holding both sides as columns (or translation records)."""
     paths = _expand(split, spec)
     origin = _origin(paths)
-    fmt = file_format
-    if fmt is None:
-        formats = {p: infer_file_format(p) for p in paths}
-        if len(set(formats.values())) > 1:
-            raise ConfigError(
-                f"data.{split} mixes formats ({', '.join(f'{p!r}: {f}' for p, f in formats.items())}); "
-                f"use one format per split"
-            )
-        fmt = formats[paths[0]]
+    fmt = split_format(split, paths, file_format)
     if fmt == "text":
         raise ConfigError(
             f"{origin} (split {split!r}) is plain text, which holds one side only; give the split as a pair of "

@@ -77,6 +77,19 @@ def _expand(split: str, paths: str | Path | list[str | Path]) -> list[str]:
     return out
 
 
+def split_format(split: str, paths: list[str], file_format: str | None) -> str:
+    """``file_format`` if given, else the one format all of a split's files share (ConfigError if they mix)."""
+    if file_format is not None:
+        return file_format
+    formats = {p: infer_file_format(p) for p in paths}
+    if len(set(formats.values())) > 1:
+        raise ConfigError(
+            f"data.{split} mixes formats ({', '.join(f'{p!r}: {f}' for p, f in formats.items())}); "
+            f"use one format per split"
+        )
+    return formats[paths[0]]
+
+
 def _builder_args(fmt: str) -> tuple[str, dict]:
     if fmt == "tsv":
         return "csv", {"delimiter": "\t"}
@@ -178,16 +191,7 @@ def _resolve_files(
     for split, given in files.items():
         paths = _expand(split, given)
         origin = ", ".join(repr(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        fmt = file_format
-        if fmt is None:
-            formats = {p: infer_file_format(p) for p in paths}
-            if len(set(formats.values())) > 1:
-                raise ConfigError(
-                    f"data.{split} mixes formats ({', '.join(f'{p!r}: {f}' for p, f in formats.items())}); "
-                    f"use one format per split"
-                )
-            fmt = formats[paths[0]]
-        resolved[split] = (paths, fmt, origin)
+        resolved[split] = (paths, split_format(split, paths, file_format), origin)
     return resolved
 
 
