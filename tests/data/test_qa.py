@@ -413,3 +413,22 @@ def test_embedded_source_loads(tmp_path):
     splits = load_qa_splits("embedded", embedded_dir=tmp_path / "qa", cache_dir=tmp_path / "cache")
     assert {name: len(ds) for name, ds in splits.items()} == {"train": 4000, "validation": 400, "test": 400}
     assert not set(splits["train"]["context"][:]) & set(splits["validation"]["context"][:])
+
+
+def test_bpe_byte_tokens_of_one_character_share_its_span():
+    """Byte-level BPE trained without CJK splits each such character into several byte tokens with the same
+    character offsets: the answer maps to the first byte of its first character and the last of its last."""
+    tok = train_tokenizer("bpe", ["plain english words only"] * 5, vocab_size=300, min_frequency=1)
+    context, answer = "我们在上海见面 😀 了", "上海"
+    row = tokenize_for_qa(_rows([(context, answer)]), tok, seq_len=128, doc_stride=16, max_question_len=8)[0]
+    offsets, start, end = row["offsets"], row["start_position"], row["end_position"]
+    assert offsets[start] == offsets[start + 1] == offsets[start + 2] == [3, 4]  # 上 is 3 bytes: 3 tokens
+    assert offsets[start - 1] == [2, 3] and offsets[end] == [4, 5] and offsets[end + 1] == [5, 6]
+    assert context[offsets[start][0] : offsets[end][1]] == answer
+    emoji = [i for i, o in enumerate(offsets) if o == [8, 9]]
+    assert len(emoji) == 4  # 😀 is one code point, four bytes
+    logits = torch.full((len(offsets),), -5.0)
+    starts, ends = logits.clone(), logits.clone()
+    starts[start + 1], ends[end - 1] = 4.0, 4.0  # middle byte tokens still give whole characters
+    spans = best_spans([starts], [ends], [offsets], context, max_answer_len=10, n_best=5)
+    assert spans[0].text == answer and len({(s.char_start, s.char_end) for s in spans}) == len(spans)
