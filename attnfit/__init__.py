@@ -8,6 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+
+# ``python -m attnfit.train`` (and .finetune, .eval, …) runs ``attnfit/cli/train.py``: the entry points' folder is
+# part of this package's search path, so each verb exists once, in attnfit/cli.
+__path__.append(__path__[0] + "/cli")
 __all__ = ["__version__", "load_pretrained"]
 
 

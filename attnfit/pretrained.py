@@ -1,13 +1,15 @@
 """Saved models in any of their three forms — run directory, Lightning ``.ckpt``, exported directory —
-read as plain data, rebuilt as plain PyTorch modules, and exported as safetensors.
+read into one typed :class:`ModelRecord`, rebuilt as plain PyTorch modules, and exported as safetensors.
 
 Nothing here imports Lightning or Hydra, so ``attnfit.load_pretrained`` works in any Python program.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,60 +18,101 @@ from torch import Tensor, nn
 
 from attnfit.errors import CheckpointError
 
-FORMAT_VERSION = 1
-CHECKPOINT_KEY = "attnfit"  # where a Lightning checkpoint keeps attnfit's plain-data metadata
+FORMAT_VERSION = 2  # 2: head_config (was classifier_config); every task's fields are named, none free-form
+CHECKPOINT_KEY = "attnfit"  # where a Lightning checkpoint keeps the record
 EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 EXPORT_TARGET_TOKENIZER = "target_tokenizer.json"  # seq2seq with a separate target vocabulary only
 
 
+_ON_DISK = {"tokenizer_json": "tokenizer", "target_tokenizer_json": "target_tokenizer"}
+_FROM_DISK = {disk: name for name, disk in _ON_DISK.items()}
+
+
+@dataclass
+class ModelRecord:
+    """What a checkpoint or export says about its model (no weights): written by :meth:`to_dict` in one place,
+    read back by :meth:`from_dict`. Fields a task does not use stay ``None``."""
+
+    task: str  # a name of the task table (attnfit.tasks)
+    model_config: dict[str, Any]  # ModelConfig, or Seq2SeqConfig for seq2seq
+    tokenizer_json: str
+    head_config: dict[str, Any] | None = None  # classification: ClassifierConfig; qa: QAConfig
+    label_names: list[str] | None = None  # classification
+    lora: dict[str, Any] | None = None  # LoRA settings when the weights hold unmerged adapters
+    target_tokenizer_json: str | None = None  # seq2seq with its own target vocabulary
+    decode: dict[str, Any] | None = None  # seq2seq / qa decoding settings of the training run
+    metric: str | None = None  # seq2seq: bleu | rouge
+    run_config: dict[str, Any] | None = None  # the training run's resolved config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (loads with ``weights_only=True``); tokenizers under their on-disk names."""
+        fields = dataclasses.asdict(self)
+        return {"format_version": FORMAT_VERSION, **{_ON_DISK.get(k, k): v for k, v in fields.items()}}
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any], source: Path) -> ModelRecord:
+        """Reads this format and format 1 (``tokenizer``, ``classifier_config``, ``target_tokenizer`` keys)."""
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source} was written by a newer attnfit (format {version}, this version reads ≤ {FORMAT_VERSION}); "
+                "upgrade attnfit"
+            )
+        meta = {_FROM_DISK.get(k, k): v for k, v in meta.items()}
+        if version < 2:
+            meta["head_config"] = meta.get("classifier_config")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [key for key in ("task", "model_config", "tokenizer_json") if meta.get(key) is None]
+        if missing:
+            raise CheckpointError(f"{source} has an incomplete attnfit record (no {', '.join(missing)})")
+        return cls(**{key: value for key, value in meta.items() if key in names})
+
+    def tokenizers(self) -> tuple[Any, Any]:
+        """``(tokenizer, target tokenizer)``; the same ``tokenizers.Tokenizer`` twice for a joint vocabulary."""
+        from tokenizers import Tokenizer
+
+        source = Tokenizer.from_str(self.tokenizer_json)
+        return source, Tokenizer.from_str(self.target_tokenizer_json) if self.target_tokenizer_json else source
+
+
 @dataclass
 class Artifact:
-    """Everything needed to rebuild a trained model: configs, tokenizer and weights (model keys, no prefix)."""
+    """A record with its weights (model keys, no prefix) and where it was read from."""
 
-    task: str  # mlm | clm | classification | seq2seq
-    model_config: dict[str, Any]
-    tokenizer_json: str
+    record: ModelRecord
     state_dict: dict[str, Tensor]
     source: Path
-    classifier_config: dict[str, Any] | None = None
-    label_names: list[str] | None = None
-    lora: dict[str, Any] | None = None  # LoRA settings when the weights hold unmerged adapters
-    run_config: dict[str, Any] | None = None  # the training run's resolved config, when known
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def metadata(self) -> dict[str, Any]:
-        """Plain-data description (no weights): what checkpoints and ``config.json`` store."""
-        return {
-            "format_version": FORMAT_VERSION,
-            "task": self.task,
-            "model_config": self.model_config,
-            "classifier_config": self.classifier_config,
-            "label_names": self.label_names,
-            "lora": self.lora,
-        }
+    @property
+    def task(self) -> str:
+        return self.record.task
 
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return self.record.model_config
 
-def checkpoint_metadata(
-    task: str,
-    model_config: dict,
-    tokenizer_json: str,
-    *,
-    classifier_config: dict | None = None,
-    label_names: list[str] | None = None,
-    lora: dict | None = None,
-    run_config: dict | None = None,
-) -> dict[str, Any]:
-    """The ``checkpoint["attnfit"]`` entry written by the training modules (plain data: loads weights-only)."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "task": task,
-        "model_config": model_config,
-        "tokenizer": tokenizer_json,
-        "classifier_config": classifier_config,
-        "label_names": label_names,
-        "lora": lora,
-        "run_config": run_config,
-    }
+    @property
+    def tokenizer_json(self) -> str:
+        return self.record.tokenizer_json
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.record.label_names
+
+    @property
+    def lora(self) -> dict[str, Any] | None:
+        return self.record.lora
+
+    @property
+    def run_config(self) -> dict[str, Any] | None:
+        return self.record.run_config
+
+    def run_dir(self) -> Path:
+        """The run directory a checkpoint belongs to (an export directory is its own)."""
+        source = self.source
+        if source.suffix == ".ckpt" and source.parent.name == "checkpoints":
+            return source.parent.parent
+        return source if source.is_dir() else source.parent
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -119,20 +162,8 @@ def load_artifact(path: str | Path) -> Artifact:
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise CheckpointError(f"{path} is not an attnfit checkpoint (it has no '{CHECKPOINT_KEY}' metadata)")
-    _check_version(meta, path)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    return Artifact(
-        task=meta["task"],
-        model_config=meta["model_config"],
-        tokenizer_json=meta["tokenizer"],
-        state_dict=state,
-        source=path,
-        classifier_config=meta.get("classifier_config"),
-        label_names=meta.get("label_names"),
-        lora=meta.get("lora"),
-        run_config=meta.get("run_config"),
-        extra={k: meta[k] for k in ("target_tokenizer", "decode", "metric") if k in meta},
-    )
+    return Artifact(ModelRecord.from_dict(meta, path), state, path)
 
 
 def _load_export(directory: Path) -> Artifact:
@@ -145,65 +176,37 @@ def _load_export(directory: Path) -> Artifact:
         meta = json.loads((directory / EXPORT_CONFIG).read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{directory / EXPORT_CONFIG} is not valid JSON: {error}") from None
-    _check_version(meta, directory)
-    extra = {k: meta[k] for k in ("decode", "metric") if k in meta}
-    if meta.get("task") == "seq2seq":
-        target = directory / EXPORT_TARGET_TOKENIZER
-        extra["target_tokenizer"] = target.read_text() if target.exists() else None
-    return Artifact(
-        task=meta["task"],
-        model_config=meta["model_config"],
-        tokenizer_json=(directory / EXPORT_TOKENIZER).read_text(),
-        state_dict=load_file(directory / EXPORT_WEIGHTS),
-        source=directory,
-        classifier_config=meta.get("classifier_config"),
-        label_names=meta.get("label_names"),
-        lora=meta.get("lora"),
-        run_config=meta.get("run_config"),
-        extra=extra,
-    )
-
-
-def _check_version(meta: dict, path: Path) -> None:
-    version = meta.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer attnfit (format {version}, this version reads ≤ {FORMAT_VERSION}); upgrade"
-        )
+    # The tokenizers live beside config.json, not inside it.
+    meta["tokenizer"] = (directory / EXPORT_TOKENIZER).read_text()
+    target = directory / EXPORT_TARGET_TOKENIZER
+    meta["target_tokenizer"] = target.read_text() if target.exists() else None
+    return Artifact(ModelRecord.from_dict(meta, directory), load_file(directory / EXPORT_WEIGHTS), directory)
 
 
 def build_model(artifact: Artifact, load_weights: bool = True) -> nn.Module:
     """The plain PyTorch model an artifact describes (LoRA adapters re-applied when its weights hold them)."""
-    from attnfit.models import LanguageModel, ModelConfig
+    from attnfit.tasks import get_task
 
-    if artifact.task == "seq2seq":
-        from attnfit.models.seq2seq import Seq2SeqConfig, Seq2SeqModel
-
-        model: nn.Module = Seq2SeqModel(Seq2SeqConfig.from_dict(artifact.model_config))
-        tied: set[str] = set()
-    else:
-        config = ModelConfig.from_dict(artifact.model_config)
-        if artifact.task == "classification":
-            from attnfit.models.classifier import ClassifierConfig, SequenceClassifier
-
-            model = SequenceClassifier(config, ClassifierConfig.from_dict(artifact.classifier_config))
-            model.label_names = list(artifact.label_names or [])
-        else:
-            model = LanguageModel(config)
-        tied = {"head.decoder.weight"} if config.tie_embeddings and artifact.task != "classification" else set()
-    if artifact.lora:
+    model = get_task(artifact.task).build_model(artifact.record)
+    if artifact.record.lora:
         from attnfit.models.lora import apply_lora
 
-        apply_lora(model.backbone, **artifact.lora)
+        apply_lora(model.backbone, **artifact.record.lora)
     if load_weights:
         missing, unexpected = model.load_state_dict(artifact.state_dict, strict=False)
-        absent = set(missing) - tied - _stored_under_another_name(model, artifact.state_dict)
+        absent = set(missing) - _tied(model) - _stored_under_another_name(model, artifact.state_dict)
         if absent or unexpected:
             raise CheckpointError(
                 f"{artifact.source} does not match its own model config: missing {sorted(absent)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
     return model
+
+
+def _tied(model: nn.Module) -> set[str]:
+    """An LM's output layer tied to its input embeddings may be absent from a state dict."""
+    config = getattr(model, "config", None)
+    return {"head.decoder.weight"} if getattr(config, "tie_embeddings", False) else set()
 
 
 def _stored_under_another_name(model: nn.Module, state: dict[str, Tensor]) -> set[str]:
@@ -217,7 +220,7 @@ def _stored_under_another_name(model: nn.Module, state: dict[str, Tensor]) -> se
 
 def merged_state_dict(artifact: Artifact) -> dict[str, Tensor]:
     """The artifact's weights with any LoRA adapters folded in: what a further fine-tuning starts from."""
-    if not artifact.lora:
+    if not artifact.record.lora:
         return artifact.state_dict
     from attnfit.models.lora import merge_lora
 
@@ -226,48 +229,57 @@ def merged_state_dict(artifact: Artifact) -> dict[str, Tensor]:
     return model.state_dict()
 
 
-def load_pretrained(path: str | Path) -> tuple[nn.Module, Any]:
+@dataclass
+class Pretrained:
+    """What :func:`load_pretrained` returns; unpacks as ``model, tokenizer``.
+
+    ``record`` is the typed metadata (``record.label_names`` for classifiers, ``record.decode`` for seq2seq);
+    ``target_tokenizer`` is the seq2seq target side (the same object as ``tokenizer`` for a joint vocabulary)."""
+
+    model: nn.Module
+    tokenizer: Any
+    target_tokenizer: Any
+    record: ModelRecord
+
+    def __iter__(self) -> Iterator[Any]:  # unpacks as ``model, tokenizer``
+        return iter((self.model, self.tokenizer))
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
     """``model, tokenizer = attnfit.load_pretrained(path)`` for an exported directory, run directory or ``.ckpt``.
 
-    The model is in eval mode; classifiers carry ``model.label_names``. The tokenizer is a ``tokenizers.Tokenizer``;
-    for a seq2seq model it is the source tokenizer, and the model carries ``model.target_tokenizer`` (the same object
-    when the vocabulary is joint) and ``model.decode_config`` (beam_size, length_penalty, max_len of its training).
-    """
-    from tokenizers import Tokenizer
-
+    The model is in eval mode; the tokenizer is a ``tokenizers.Tokenizer``. Keep the whole result to reach the
+    record and, for seq2seq, the target tokenizer."""
     artifact = load_artifact(path)
-    model, tokenizer = build_model(artifact).eval(), Tokenizer.from_str(artifact.tokenizer_json)
-    if artifact.task == "seq2seq":
-        target = artifact.extra.get("target_tokenizer")
-        model.target_tokenizer = Tokenizer.from_str(target) if target else tokenizer
-        model.decode_config = dict(artifact.extra.get("decode") or {})
-    return model, tokenizer
+    tokenizer, target = artifact.record.tokenizers()
+    return Pretrained(build_model(artifact).eval(), tokenizer, target, artifact.record)
 
 
 def export(artifact: Artifact, out: str | Path, merge_lora: bool = True) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``tokenizer.json`` to ``out``; LoRA is merged by default.
 
-    A seq2seq model with its own target vocabulary adds ``target_tokenizer.json``; its decoding settings and metric
-    go into ``config.json``."""
+    A seq2seq model with its own target vocabulary adds ``target_tokenizer.json``."""
     from safetensors.torch import save_model
 
     model = build_model(artifact)
-    lora = artifact.lora
-    if lora and merge_lora:
+    record = artifact.record
+    if record.lora and merge_lora:
         from attnfit.models.lora import merge_lora as merge
 
         merge(model)
-        lora = None
+        record = dataclasses.replace(record, lora=None)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"out={out} is a file; give a directory to export into")
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, str(out / EXPORT_WEIGHTS))  # shared (tied) tensors are stored once
-    meta = {**artifact.metadata(), "lora": lora, "run_config": artifact.run_config}
-    meta.update({k: v for k, v in artifact.extra.items() if k in ("decode", "metric")})
+    meta = record.to_dict()
+    tokenizer, target = meta.pop("tokenizer"), meta.pop("target_tokenizer")
     (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / EXPORT_TOKENIZER).write_text(artifact.tokenizer_json)
-    target = out / EXPORT_TARGET_TOKENIZER
-    if artifact.extra.get("target_tokenizer"):
-        target.write_text(artifact.extra["target_tokenizer"])
-    elif target.exists():  # left over from an earlier export to the same directory
-        target.unlink()
+    (out / EXPORT_TOKENIZER).write_text(tokenizer)
+    target_path = out / EXPORT_TARGET_TOKENIZER
+    if target:
+        target_path.write_text(target)
+    elif target_path.exists():  # left over from an earlier export to the same directory
+        target_path.unlink()
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,3 +92,16 @@ def weights_as_text(tokens: list[str], weights: np.ndarray, width: int = 20) -> 
         bar = "█" * round(width * weight / top) if top > 0 else ""
         lines.append(f"{token!r:>16} {weight:6.3f} {bar}")
     return "\n".join(lines)
+
+
+def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
+    """One readable string per token id (the raw token where decoding alone gives nothing, e.g. a space)."""
+    return [tokenizer.decode([i]).strip() or tokenizer.id_to_token(i) for i in ids]
+
+
+def show_attention(tokens: list[str], pooling: Any, attention: Any, title: str, path: Path) -> None:
+    """Save an :func:`attention_figure` to ``path`` and print the pooling weights as text."""
+    save_figure(attention_figure(tokens, pooling, attention, title=title), path)
+    if pooling is not None:
+        print(weights_as_text(tokens, pooling))
+    print(f"attention heat map: {path}")

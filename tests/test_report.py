@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from attnfit.errors import ConfigError, DataError
-from attnfit.report import (
+from attnfit.runs.report import (
     RunRecord,
     collect_runs,
     format_table,

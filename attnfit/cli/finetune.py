@@ -10,9 +10,9 @@ from attnfit.cli import CONFIG_DIR, explain_unknown_keys, run_or_explain
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
 def _main(cfg: DictConfig) -> object:
-    from attnfit.recipes.finetune import finetune  # imported here so that --help stays fast
+    from attnfit.recipes.run import run  # imported here so that --help stays fast
 
-    return run_or_explain(finetune, cfg)
+    return run_or_explain(run, cfg)
 
 
 def main() -> None:

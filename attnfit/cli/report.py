@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(sweep_dir: Path, out_dir: Path | None, top: int, metrics: list[str] | None) -> None:
     from rich.console import Console
 
-    from attnfit.report import collect_runs, rank, save_report, shared_overrides, summary, terminal_table
+    from attnfit.runs.report import collect_runs, rank, save_report, shared_overrides, summary, terminal_table
 
     runs = rank(collect_runs(sweep_dir))
     table = terminal_table(runs, metrics)  # checks the metric names before anything is written

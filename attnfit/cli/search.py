@@ -25,7 +25,7 @@ def search(cfg: DictConfig) -> float | None:
 
     if not cfg.get("search"):
         raise ConfigError("attnfit-search needs a search space: hparams_search=optuna (see configs/hparams_search/)")
-    from attnfit.search import override_key, run_search  # imported here so that --help stays fast
+    from attnfit.runs.search import override_key, run_search  # imported here so that --help stays fast
 
     hydra_cfg = HydraConfig.get()
     overrides = [o for o in hydra_cfg.overrides.task if override_key(o) != "hparams_search"]

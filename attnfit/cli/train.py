@@ -10,9 +10,9 @@ from attnfit.cli import CONFIG_DIR, explain_unknown_keys, run_or_explain
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _main(cfg: DictConfig) -> float | None:
-    from attnfit.recipes.pretrain import train  # imported here so that --help stays fast
+    from attnfit.recipes.run import run  # imported here so that --help stays fast
 
-    return run_or_explain(train, cfg)
+    return run_or_explain(run, cfg)
 
 
 def main() -> None:

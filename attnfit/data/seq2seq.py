@@ -417,7 +417,8 @@ class Seq2SeqCollator:
 
     Returns "source_ids" (B, S) and "source_mask" (True at padding), "target_in" (B, T) padded with ``pad_id``,
     "target_mask" (True at padding), "labels" (B, T) padded with -100, "num_target_tokens" (a 0-d tensor, the
-    number of labels the loss sees), and "index" (B,) when every example has one.
+    number of labels the loss sees), "num_tokens" (source + target tokens, for throughput), "index" (B,) when
+    every example has one, and "target_text" (the raw references BLEU is computed on) when examples carry it.
     """
 
     pad_id: int
@@ -439,6 +440,9 @@ class Seq2SeqCollator:
             "labels": labels,
             "num_target_tokens": (~target_mask).sum(),
         }
+        batch["num_tokens"] = int((~source_mask).sum() + batch["num_target_tokens"])
         if examples and all("index" in ex for ex in examples):
             batch["index"] = torch.tensor([int(ex["index"]) for ex in examples], dtype=torch.long)
+        if examples and "target_text" in examples[0]:
+            batch["target_text"] = [ex["target_text"] for ex in examples]
         return batch

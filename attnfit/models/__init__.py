@@ -4,7 +4,14 @@ from attnfit.models.attention import AttentionPooling, build_attention
 from attnfit.models.classifier import POOLINGS, ClassifierConfig, ClassifierOutput, SequenceClassifier
 from attnfit.models.config import AttentionConfig, EncoderConfig, ModelConfig
 from attnfit.models.encoders import build_encoder
-from attnfit.models.finetuning import LoadReport, freeze_bottom, layer_groups, load_pretrained_backbone
+from attnfit.models.finetuning import (
+    FinetunePlan,
+    LoadReport,
+    freeze_bottom,
+    layer_groups,
+    load_pretrained_backbone,
+    prepare_for_finetuning,
+)
 from attnfit.models.language_model import Backbone, LanguageModel, LMHead
 from attnfit.models.lora import LORA_TARGETS, LoRALinear, apply_lora, lora_parameters, merge_lora
 
@@ -17,6 +24,7 @@ __all__ = [
     "ClassifierConfig",
     "ClassifierOutput",
     "EncoderConfig",
+    "FinetunePlan",
     "LMHead",
     "LanguageModel",
     "LoRALinear",
@@ -31,4 +39,5 @@ __all__ = [
     "load_pretrained_backbone",
     "lora_parameters",
     "merge_lora",
+    "prepare_for_finetuning",
 ]

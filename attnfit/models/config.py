@@ -48,10 +48,10 @@ class EncoderConfig:
     name: str = "transformer"  # lstm | gru | cnn | transformer
     num_layers: int = 2
     bidirectional: bool | None = None  # RNNs: None = bidirectional unless the model is causal
-    kernel_size: int = 3  # cnn
+    kernel_size: int = 5  # cnn
     attention_layers: int = 1  # rnn/cnn: attention layers of the chosen type on top (0: none)
     ffn_mult: int = 4  # feed-forward width = ffn_mult · dim
-    dropout: float = 0.1
+    dropout: float = 0.0  # as configs/encoder/*.yaml: raise for small data or long training
 
     def __post_init__(self) -> None:
         check_choice("encoder", self.name, ENCODERS)

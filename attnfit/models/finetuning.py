@@ -2,53 +2,34 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from attnfit.errors import CheckpointError, ConfigError
-from attnfit.models.encoders import AttentionStack, CNNEncoder, RNNEncoder, TransformerEncoder
 from attnfit.models.language_model import Backbone
 
 
 def layer_groups(backbone: Backbone) -> list[list[nn.Parameter]]:
-    """Backbone parameters bottom to top: ``[embeddings]``, then one group per encoder layer.
+    """Backbone parameters bottom to top: ``[embeddings]``, then the encoder's own groups (``layer_groups()``).
 
     Transformer: each layer of the stack. RNN: each recurrent layer ``k`` (both directions), then each attention
     layer on top. CNN: each conv block, then each attention layer on top. The stack's final LayerNorm joins the
     last group. Every parameter appears exactly once.
     """
-    encoder = backbone.encoder
-    groups: list[list[nn.Parameter]] = [list(backbone.embeddings.parameters())]
-    if isinstance(encoder, TransformerEncoder):
-        stack = encoder.stack
-    elif isinstance(encoder, RNNEncoder):
-        rnn = encoder.rnn
-        for k in range(rnn.num_layers):
-            suffix = re.compile(rf"_l{k}(_reverse)?$")
-            groups.append([p for name, p in rnn.named_parameters() if suffix.search(name)])
-        stack = encoder.top
-    elif isinstance(encoder, CNNEncoder):
-        groups += [list(block.parameters()) for block in encoder.blocks]
-        stack = encoder.top
-    else:
-        raise TypeError(f"layer_groups does not know the encoder {type(encoder).__name__}")
-    groups += _stack_groups(stack)
+    encoder_groups = getattr(backbone.encoder, "layer_groups", None)
+    if encoder_groups is None:
+        raise TypeError(f"the encoder {type(backbone.encoder).__name__} does not define layer_groups()")
+    groups: list[list[nn.Parameter]] = [list(backbone.embeddings.parameters()), *encoder_groups()]
 
     # Guard against a new encoder submodule silently escaping freezing.
     grouped = [id(p) for group in groups for p in group]
     missing = [name for name, p in backbone.named_parameters() if id(p) not in grouped]
     if missing or len(grouped) != len(set(grouped)):
         raise AssertionError(f"layer groups miss {missing} or repeat a parameter")
-    return groups
-
-
-def _stack_groups(stack: AttentionStack) -> list[list[nn.Parameter]]:
-    groups = [list(layer.parameters()) for layer in stack.layers]
-    groups[-1] += list(stack.norm.parameters())
     return groups
 
 
@@ -62,9 +43,11 @@ def freeze_bottom(backbone: Backbone, freeze_embeddings: bool, num_layers: int) 
     groups = layer_groups(backbone)
     available = len(groups) - 1
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 0 <= num_layers <= available:
+        name = backbone.config.encoder.name
+        composition = "" if name == "transformer" else f" ({backbone.encoder.describe_layers()})"
         raise ConfigError(
             f"cannot freeze {num_layers!r} encoder layers: this {backbone.config.encoder.name} encoder has "
-            f"{available} layers{_composition(backbone)} (valid: 0 to {available})"
+            f"{available} layers{composition} (valid: 0 to {available})"
         )
     frozen = (groups[:1] if freeze_embeddings else []) + groups[1 : 1 + num_layers]
     count = 0
@@ -75,13 +58,54 @@ def freeze_bottom(backbone: Backbone, freeze_embeddings: bool, num_layers: int) 
     return count
 
 
-def _composition(backbone: Backbone) -> str:
-    encoder = backbone.encoder
-    if isinstance(encoder, RNNEncoder):
-        return f" ({encoder.rnn.num_layers} recurrent + {len(encoder.top.layers)} attention)"
-    if isinstance(encoder, CNNEncoder):
-        return f" ({len(encoder.blocks)} convolutional + {len(encoder.top.layers)} attention)"
-    return ""
+@dataclass
+class FinetunePlan:
+    """What :func:`prepare_for_finetuning` did to a model, and what training needs to carry it out."""
+
+    layers: list[list[nn.Parameter]]  # backbone groups bottom to top, permanently frozen parameters left out
+    head: list[nn.Parameter]  # the parameters outside the backbone (the new head)
+    lora: dict[str, Any] | None  # LoRA settings when adapters were applied
+    layer_lr_decay: float = 1.0
+    head_lr: float | None = None
+
+
+def prepare_for_finetuning(model: nn.Module, finetune: dict[str, Any]) -> FinetunePlan:
+    """Apply LoRA and freezing (``finetune``: the keys of configs/finetune.yaml) to ``model.backbone``.
+
+    Call it after the pretrained weights are loaded, so LoRA wraps layers whose keys already match."""
+    from attnfit.models.lora import apply_lora
+
+    lora = finetune.get("lora") or {}
+    settings = None
+    unfreeze_every = finetune.get("gradual_unfreeze_every")
+    if unfreeze_every is not None and (isinstance(unfreeze_every, bool) or int(unfreeze_every) < 1):
+        raise ConfigError(f"finetune.gradual_unfreeze_every={unfreeze_every} must be ≥ 1 (or null)")
+    if lora.get("enabled"):
+        if unfreeze_every:
+            raise ConfigError("finetune.gradual_unfreeze_every cannot be combined with finetune.lora.enabled=true")
+        settings = {k: v for k, v in lora.items() if k != "enabled"}
+        apply_lora(model.backbone, **settings)
+    freeze_bottom(model.backbone, bool(finetune.get("freeze_embeddings")), int(finetune.get("freeze_layers", 0)))
+    # Permanently frozen parameters are left out; those gradual unfreezing will turn on stay in, and AdamW
+    # skips them while their gradient is None, so they do not change before then (weight decay included).
+    layers = [[p for p in group if p.requires_grad] for group in layer_groups(model.backbone)]
+    head = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
+    head_lr = finetune.get("head_lr")
+    return FinetunePlan(
+        layers,
+        head,
+        settings,
+        float(finetune.get("layer_lr_decay", 1.0)),
+        float(head_lr) if head_lr is not None else None,
+    )
+
+
+def unfreeze_top(layers: list[list[nn.Parameter]], every: int, step: int) -> None:
+    """ULMFiT's gradual unfreezing at optimizer step ``step``: the top layer first, one more every ``every`` steps."""
+    unfrozen = 1 + step // every
+    for depth, params in enumerate(reversed(layers)):
+        for p in params:
+            p.requires_grad_(depth < unfrozen)
 
 
 @dataclass

@@ -85,6 +85,21 @@ class LanguageModel(nn.Module):
             logits, labels = logits[:, :-1], labels[:, 1:]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
 
+    def labelled_loss(self, input_ids: Tensor, padding_mask: Tensor | None, labels: Tensor) -> tuple[Tensor, ...]:
+        """``(loss, logits (N, V), labels (N,))`` over the labelled positions only.
+
+        The vocabulary projection, the costliest layer, runs only where a label is: every position but the last
+        for a causal LM, the masked ~15% for a masked LM."""
+        hidden = self.backbone(input_ids, padding_mask)[0]  # (B, T, D)
+        if self.config.causal:
+            hidden, labels = hidden[:, :-1], labels[:, 1:]  # position t predicts token t + 1
+        else:
+            selected = labels != -100
+            hidden, labels = hidden[selected], labels[selected]
+        logits = self.head(hidden)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        return loss, logits, labels
+
     @torch.no_grad()
     def generate(
         self,

@@ -62,6 +62,27 @@ def check_option_types(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
+def check_common(cfg: DictConfig) -> None:
+    """Checks every training run shares, before any data is read: option types, batch size, optimization."""
+    check_option_types(cfg)
+    if int(cfg.data.get("batch_size", 1)) < 1:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be ≥ 1")
+    check_optimization(cfg)
+
+
+def check_optimization(cfg: DictConfig) -> None:
+    """Build the optimizer and schedule on a dummy parameter so their settings fail before data is loaded."""
+    import torch
+
+    from attnfit.training.optim import build_optimizer, build_scheduler
+
+    opt, sched = container(cfg.optimizer), container(cfg.scheduler)
+    dummy = [{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": opt.pop("weight_decay", 0.0)}]
+    if dummy[0]["weight_decay"] < 0:
+        raise ConfigError(f"optimizer.weight_decay={dummy[0]['weight_decay']} must be ≥ 0")
+    build_scheduler(build_optimizer(dummy, **opt), sched.pop("name"), total_steps=1, **sched)
+
+
 def is_rank_zero() -> bool:
     """True in the process that writes files. Lightning's DDP launcher starts the other ranks by re-running
     the same command with LOCAL_RANK/NODE_RANK set, before any Trainer tells them their rank."""

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from attnfit.errors import ConfigError
 from attnfit.pretrained import export, load_artifact, load_pretrained
+from attnfit.tasks import get_task
 
 
 def export_model(cfg: DictConfig) -> Path:
@@ -23,8 +24,7 @@ def export_model(cfg: DictConfig) -> Path:
     for path in sorted(out.iterdir()):
         print(f"  {path.name:22s} {path.stat().st_size / 1e6:8.2f} MB")
     print(f"load it with: model, tokenizer = attnfit.load_pretrained({str(out)!r})")
-    if artifact.task == "seq2seq":
-        print(f"translate:    attnfit-predict checkpoint={out} text='...' heatmap=true")
-    else:
+    print(f"predict:      attnfit-predict checkpoint={out} text='...' heatmap=true")
+    if get_task(artifact.task).is_pretraining:
         print(f"fine-tune it: attnfit-finetune pretrained={out}")
     return out

@@ -47,6 +47,23 @@ class TokenThroughput(L.Callback):
         self._tokens, self._start = 0, None  # validation time is not training throughput
 
 
+class StartupTimes(L.Callback):
+    """Logs when the first training step starts and ends, in seconds since the run began (``started``, a
+    ``time.perf_counter()`` value): how long model building, Trainer set-up and the first step take."""
+
+    def __init__(self, started: float) -> None:
+        self.started, self._steps = started, 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        if self._steps == 0:
+            log.info("start-up: first step starts %.2f s after the run began", time.perf_counter() - self.started)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._steps += 1
+        if self._steps == 1:
+            log.info("start-up: first step done %.2f s after the run began", time.perf_counter() - self.started)
+
+
 class SaveLastOnTrainEnd(L.Callback):
     """Write ``last.ckpt`` when training ends, unless it already holds the final step.
 
@@ -104,6 +121,19 @@ class ProgressBar(RichProgressBar):
         if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
             return f"Epoch {current_epoch} (step limit {self.trainer.max_steps})"
         return super()._get_train_description(current_epoch)
+
+
+class GradualUnfreezing(L.Callback):
+    """ULMFiT's gradual unfreezing: before each step, the top ``1 + step // every`` layer groups train
+    (``layers``: bottom to top, as :class:`~attnfit.models.FinetunePlan` lists them)."""
+
+    def __init__(self, layers: list[list[torch.nn.Parameter]], every: int) -> None:
+        self.layers, self.every = layers, every
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        from attnfit.models.finetuning import unfreeze_top
+
+        unfreeze_top(self.layers, self.every, trainer.global_step)
 
 
 class AttentionHeatmaps(L.Callback):

@@ -4,56 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from attnfit.models import LanguageModel, ModelConfig
-from attnfit.pretrained import CHECKPOINT_KEY, checkpoint_metadata
-from attnfit.training.optim import lightning_optimization
+from attnfit.models import LanguageModel
+from attnfit.pretrained import ModelRecord
+from attnfit.training.module import Optimization, TaskModule
 
 
-class LanguageModelingModule(L.LightningModule):
-    """Wraps :class:`LanguageModel`; every constructor argument is plain data, saved as hyper-parameters."""
+class LanguageModelingModule(TaskModule):
+    """Wraps a :class:`LanguageModel`; the loss is the model's own (:meth:`LanguageModel.labelled_loss`)."""
+
+    model: LanguageModel
 
     def __init__(
-        self,
-        model: dict,
-        optimizer: dict,
-        scheduler: dict,
-        total_steps: int,
-        tokenizer_json: str = "",
-        compile: bool = False,
-        run_config: dict | None = None,
+        self, model: LanguageModel, record: ModelRecord, optimization: Optimization | None = None, compile: bool = False
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer_json", "run_config"], logger=False)
-        self.model_config = ModelConfig.from_dict(model)
-        self.model = LanguageModel(self.model_config)
-        self.tokenizer_json, self.run_config = tokenizer_json, run_config
+        super().__init__(model, record, optimization)
+        self.model_config = model.config
         if compile:
             self.model.backbone.compile()  # in place: the module tree (and checkpoint keys) stay the same
-
-    @property
-    def task(self) -> str:
-        return "clm" if self.model_config.causal else "mlm"
 
     def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         return self.model(input_ids, padding_mask)
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Loss, correct predictions and labelled-token count for one batch."""
-        hidden = self.model.backbone(batch["input_ids"], batch["padding_mask"])[0]  # heads run below
-        labels = batch["labels"]
-        if self.model_config.causal:
-            hidden, labels = hidden[:, :-1], labels[:, 1:]  # position t predicts token t + 1
-        else:
-            # Only masked positions (~15%) have labels: skip the vocabulary projection everywhere else.
-            selected = labels != -100
-            hidden, labels = hidden[selected], labels[selected]
-        logits = self.model.head(hidden)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        loss, logits, labels = self.model.labelled_loss(batch["input_ids"], batch["padding_mask"], batch["labels"])
         if self.training:  # accuracy is an evaluation metric: skip the argmax over the vocabulary here
             return loss, loss.new_zeros(()), loss.new_zeros(())
         labelled = labels != -100
@@ -65,7 +42,7 @@ class LanguageModelingModule(L.LightningModule):
         self.log("train/loss", loss)
         self.log("loss", loss, prog_bar=True, logger=False)
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=50)))
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        self.log_learning_rate()
         return loss
 
     # Validation and test accumulate token-weighted sums, so the epoch loss is exact whatever the batch sizes.
@@ -94,12 +71,3 @@ class LanguageModelingModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        return lightning_optimization(self.model, hp.optimizer, hp.scheduler, hp.total_steps)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(
-            self.task, self.model_config.to_dict(), self.tokenizer_json, run_config=self.run_config
-        )

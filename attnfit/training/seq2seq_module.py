@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
-import torch.nn.functional as F
-from tokenizers import Tokenizer
 from torch import Tensor
 
-from attnfit.models.seq2seq import Seq2SeqConfig, Seq2SeqModel, beam_search, greedy_decode
-from attnfit.pretrained import CHECKPOINT_KEY, checkpoint_metadata
-from attnfit.training.optim import lightning_optimization
+from attnfit.models.seq2seq import Seq2SeqModel, beam_search, greedy_decode
+from attnfit.pretrained import ModelRecord
+from attnfit.training.module import Optimization, TaskModule
 
 METRICS = ("bleu", "rouge")
 
@@ -29,39 +26,31 @@ def corpus_scores(hypotheses: list[str], references: list[str], metric: str) -> 
     return {key: 100 * float(scores[f"{key}_fmeasure"]) for key in ("rouge1", "rouge2", "rougeL")}
 
 
-class Seq2SeqModule(L.LightningModule):
-    """Wraps :class:`Seq2SeqModel`; every constructor argument is plain data, saved as hyper-parameters.
+class Seq2SeqModule(TaskModule):
+    """Wraps a :class:`Seq2SeqModel`; decoding settings and metric come from its record.
 
     Validation scores the loss with teacher forcing and decodes every sentence (greedy unless
     ``decode.val_beam_size > 1``) for BLEU or ROUGE against the raw reference text.
     """
 
+    model: Seq2SeqModel
+
     def __init__(
         self,
-        model: dict,
-        optimizer: dict,
-        scheduler: dict,
-        total_steps: int,
-        tokenizer_json: str,
-        target_tokenizer_json: str | None = None,
+        model: Seq2SeqModel,
+        record: ModelRecord,
+        optimization: Optimization | None = None,
         label_smoothing: float = 0.1,
-        metric: str = "bleu",
-        decode: dict | None = None,
         num_samples: int = 4,
         compile: bool = False,
-        run_config: dict | None = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer_json", "target_tokenizer_json", "run_config"], logger=False)
-        self.model_config = Seq2SeqConfig.from_dict(model)
-        self.model = Seq2SeqModel(self.model_config)
-        self.tokenizer_json, self.target_tokenizer_json, self.run_config = (
-            tokenizer_json,
-            target_tokenizer_json,
-            run_config,
-        )
-        self.target_tokenizer = Tokenizer.from_str(target_tokenizer_json or tokenizer_json)
-        self.decode_cfg = {"beam_size": 4, "length_penalty": 1.0, "max_len": 64, "val_beam_size": 1, **(decode or {})}
+        super().__init__(model, record, optimization)
+        self.model_config = model.config
+        self.label_smoothing, self.num_samples = label_smoothing, num_samples
+        self.metric = record.metric or "bleu"
+        self.target_tokenizer = record.tokenizers()[1]
+        defaults = {"beam_size": 4, "length_penalty": 1.0, "max_len": 64, "val_beam_size": 1}
+        self.decode_cfg = {**defaults, **(record.decode or {})}
         self.bos_id = self.target_tokenizer.token_to_id("<bos>")
         self.eos_id = self.target_tokenizer.token_to_id("<eos>")
         if compile:
@@ -72,10 +61,10 @@ class Seq2SeqModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch)
-        loss = self.model.loss(logits, batch["labels"], self.hparams.label_smoothing)
+        loss = self.model.loss(logits, batch["labels"], self.label_smoothing)
         self.log("train/loss", loss)
         self.log("loss", loss, prog_bar=True, logger=False)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        self.log_learning_rate()
         return loss
 
     # ---- decoding ---------------------------------------------------------------------------------------------
@@ -113,7 +102,7 @@ class Seq2SeqModule(L.LightningModule):
         logits = self(batch)
         labels = batch["labels"]
         count = (labels != -100).sum()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        loss = self.model.loss(logits, labels)  # no label smoothing: the true cross-entropy
         self._sums += torch.stack([loss.double() * count, count.double()])
         beam = 1 if not self.trainer.testing else None
         if not self.trainer.testing and int(self.decode_cfg["val_beam_size"]) > 1:
@@ -129,7 +118,7 @@ class Seq2SeqModule(L.LightningModule):
         loss = (total[0] / total[1].clamp(min=1)).float()
         self.log(f"{split}/loss", loss, sync_dist=False)
         self.log(f"{split}/ppl", torch.exp(loss.clamp(max=50)))
-        scores = corpus_scores(self._hypotheses, self._references, self.hparams.metric) if self._hypotheses else {}
+        scores = corpus_scores(self._hypotheses, self._references, self.metric) if self._hypotheses else {}
         for name, value in scores.items():
             self.log(f"{split}/{name}", value)
         if self._hypotheses:  # whole sentences right (whitespace-normalised): the strict measure for toy tasks
@@ -138,7 +127,7 @@ class Seq2SeqModule(L.LightningModule):
         if split == "val":
             self.log("val_loss", loss, prog_bar=True, logger=False)
             if scores:
-                self.log(f"val_{self.hparams.metric}", next(iter(scores.values())), prog_bar=True, logger=False)
+                self.log(f"val_{self.metric}", next(iter(scores.values())), prog_bar=True, logger=False)
         return scores
 
     def on_validation_epoch_end(self) -> None:
@@ -146,21 +135,9 @@ class Seq2SeqModule(L.LightningModule):
         logger = self.logger
         if logger is not None and hasattr(logger.experiment, "add_text") and self._hypotheses:
             lines = [f"**hyp:** {h}  \n**ref:** {r}" for h, r in zip(self._hypotheses, self._references, strict=False)][
-                : self.hparams.num_samples
+                : self.num_samples
             ]
             logger.experiment.add_text("samples", "\n\n".join(lines), global_step=self.global_step)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        return lightning_optimization(self.model, hp.optimizer, hp.scheduler, hp.total_steps)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(
-            "seq2seq", self.model_config.to_dict(), self.tokenizer_json, run_config=self.run_config
-        )
-        checkpoint[CHECKPOINT_KEY]["target_tokenizer"] = self.target_tokenizer_json
-        checkpoint[CHECKPOINT_KEY]["decode"] = dict(self.decode_cfg)
-        checkpoint[CHECKPOINT_KEY]["metric"] = self.hparams.metric

@@ -148,9 +148,10 @@ def test_export_loads_and_decodes_like_the_checkpoint(run_cli, translation_run, 
     config = json.loads((export_dir / "config.json").read_text())
     assert config["task"] == "seq2seq" and config["metric"] == "bleu" and config["decode"]["beam_size"] == 4
 
-    exported, tokenizer = attnfit.load_pretrained(export_dir)
+    loaded = attnfit.load_pretrained(export_dir)
+    exported, tokenizer = loaded
     original, _ = attnfit.load_pretrained(translation_run)
-    assert exported.target_tokenizer is tokenizer and exported.decode_config["beam_size"] == 4
+    assert loaded.target_tokenizer is tokenizer and loaded.record.decode["beam_size"] == 4
     for key, value in original.state_dict().items():
         assert torch.equal(exported.state_dict()[key], value), key
 

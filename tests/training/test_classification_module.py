@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from attnfit.errors import ConfigError
-from attnfit.models import ModelConfig
+from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier, prepare_for_finetuning
 from attnfit.models.finetuning import layer_groups
+from attnfit.pretrained import ModelRecord
+from attnfit.training.callbacks import GradualUnfreezing
 from attnfit.training.classification_module import ClassificationModule
+from attnfit.training.module import Optimization
 
 MODEL = ModelConfig.from_dict(
     {
@@ -27,8 +30,13 @@ OPT = {"name": "adamw", "lr": 1e-2, "weight_decay": 0.0}
 SCHED = {"name": "constant", "warmup_steps": 0}
 
 
-def module(**finetune) -> ClassificationModule:
-    return ClassificationModule(MODEL, CLASSIFIER, ["no", "yes"], OPT, SCHED, total_steps=10, finetune=finetune)
+def module(class_weights: list[float] | None = None, **finetune) -> ClassificationModule:
+    """A classifier prepared for fine-tuning as attnfit.tasks.classification does it."""
+    model = SequenceClassifier(ModelConfig.from_dict(MODEL), ClassifierConfig.from_dict(CLASSIFIER))
+    plan = prepare_for_finetuning(model, finetune)
+    optimization = Optimization(OPT, SCHED, 10, plan.layers, plan.head, plan.layer_lr_decay, plan.head_lr)
+    record = ModelRecord("classification", MODEL, "", head_config=CLASSIFIER, label_names=["no", "yes"])
+    return ClassificationModule(model, record, optimization, class_weights=class_weights)
 
 
 def batches(n: int = 8) -> DataLoader:
@@ -44,8 +52,9 @@ def batches(n: int = 8) -> DataLoader:
     return DataLoader(rows, batch_size=4)
 
 
-def fit(m: ClassificationModule, steps: int) -> None:
+def fit(m: ClassificationModule, steps: int, callbacks: list | None = None) -> None:
     L.Trainer(
+        callbacks=callbacks,
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,
@@ -70,11 +79,12 @@ def test_layerwise_lr_decays_from_top_to_embeddings_and_head_has_its_own():
 def test_gradual_unfreezing_trains_top_layers_first():
     torch.manual_seed(0)
     m = module(gradual_unfreeze_every=2)
-    before = [[p.detach().clone() for p in group] for group in m.layers]
-    fit(m, 3)  # steps 0-1: top group; step 2: top two groups
+    layers = m.optimization.layers
+    before = [[p.detach().clone() for p in group] for group in layers]
+    fit(m, 3, [GradualUnfreezing(layers, 2)])  # steps 0-1: top group; step 2: top two groups
     changed = [
         any(not torch.equal(a, b) for a, b in zip(old, group, strict=True))
-        for old, group in zip(before, m.layers, strict=True)
+        for old, group in zip(before, layers, strict=True)
     ]
     assert changed == [False, False, True, True], changed  # embeddings and the lowest layer never moved
 
@@ -85,9 +95,7 @@ def test_gradual_unfreezing_and_lora_do_not_combine():
 
 
 def test_class_weights_reach_the_loss():
-    m = ClassificationModule(
-        MODEL, CLASSIFIER, ["no", "yes"], OPT, SCHED, total_steps=10, finetune={}, class_weights=[0.25, 4.0]
-    )
+    m = module(class_weights=[0.25, 4.0])
     batch = next(iter(batches()))
     loss, logits = m._loss(batch)
     expected = F.cross_entropy(logits, batch["labels"], weight=torch.tensor([0.25, 4.0]))

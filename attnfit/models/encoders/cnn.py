@@ -46,3 +46,10 @@ class CNNEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, padding_mask)
         return self.top(x, padding_mask, causal, need_weights)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Each conv block, then each attention layer on top (for freezing and layer-wise learning rates)."""
+        return [list(block.parameters()) for block in self.blocks] + self.top.layer_groups()
+
+    def describe_layers(self) -> str:
+        return f"{len(self.blocks)} convolutional + {len(self.top.layers)} attention"

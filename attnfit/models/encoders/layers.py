@@ -51,3 +51,9 @@ class AttentionStack(nn.Module):
             if weights is not None:
                 attentions.append(weights)
         return self.norm(x), attentions
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """One parameter group per layer, bottom to top; the final LayerNorm joins the top layer."""
+        groups = [list(layer.parameters()) for layer in self.layers] or [[]]
+        groups[-1] += list(self.norm.parameters())
+        return groups

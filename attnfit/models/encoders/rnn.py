@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -38,3 +40,14 @@ class RNNEncoder(nn.Module):
         else:
             x = self.rnn(x)[0]
         return self.top(x, padding_mask, causal, need_weights)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Each recurrent layer ``k`` (both directions), then each attention layer on top."""
+        groups = []
+        for k in range(self.rnn.num_layers):
+            suffix = re.compile(rf"_l{k}(_reverse)?$")
+            groups.append([p for name, p in self.rnn.named_parameters() if suffix.search(name)])
+        return groups + self.top.layer_groups()
+
+    def describe_layers(self) -> str:
+        return f"{self.rnn.num_layers} recurrent + {len(self.top.layers)} attention"

@@ -18,3 +18,10 @@ class TransformerEncoder(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, causal: bool = False, need_weights: bool = False
     ) -> tuple[Tensor, list[Tensor]]:
         return self.stack(x, padding_mask, causal, need_weights)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters bottom to top, one group per layer (for freezing and layer-wise learning rates)."""
+        return self.stack.layer_groups()
+
+    def describe_layers(self) -> str:
+        return f"{len(self.stack.layers)} transformer"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from attnfit.errors import ConfigError, DataError, check_choice, choice_error
-from attnfit.recipes.status import STATUS_FILE
+from attnfit.runs.status import STATUS_FILE
 
 logger = logging.getLogger("attnfit")
 

@@ -26,6 +26,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from attnfit.errors import AttnfitError, ConfigError, check_choice
+from attnfit.runs.status import outcome
 
 log = logging.getLogger("attnfit")
 
@@ -264,10 +265,9 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
                 message = f"pruned at step {pruning.pruned_at}: {metric}={pruning.last_value:.4g}"
                 _write_status(trial_cfg, "pruned", None, message, start)
                 raise optuna.TrialPruned(message)
-            if value is None:
-                _fail(trial, trial_cfg, f"the run did not log {metric} (optimized_metric)", start)
-            if isinstance(value, float) and math.isnan(value):
-                _fail(trial, trial_cfg, f"{metric} is NaN: the run diverged", start)
+            _, error = outcome(value, metric)
+            if error is not None:
+                _fail(trial, trial_cfg, error, start)
             _write_status(trial_cfg, "completed", value, None, start)
             return float(value)
 
@@ -277,14 +277,10 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
 
 
 def _recipe(config_name: str) -> tuple[Callable[..., Any], str]:
-    if config_name == "finetune":
-        from attnfit.recipes.finetune import finetune
+    if config_name in ("train", "finetune"):  # one run sequence serves both entry points
+        from attnfit.recipes.run import run
 
-        return finetune, "finetune"
-    if config_name == "train":
-        from attnfit.recipes.pretrain import train
-
-        return train, "train"
+        return run, config_name
     raise ConfigError(f"attnfit-search runs train or finetune configs, not --config-name {config_name}")
 
 
@@ -444,7 +440,7 @@ def _status_config(run_dir: Path, metric: str, mode: str) -> DictConfig:
 
 
 def _write_status(cfg: Any, status: str, objective: Any, error: str | None, start: float | None) -> None:
-    from attnfit.recipes.status import write_status
+    from attnfit.runs.status import write_status
 
     write_status(cfg, status, objective, error, 0.0 if start is None else time.perf_counter() - start)
 

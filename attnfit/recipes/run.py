@@ -1,0 +1,136 @@
+"""The one run sequence of ``attnfit-train`` and ``attnfit-finetune``, for every task:
+
+output dir → checks → seed → resume → data → tokenizer/config files → module → trainer → fit → test (best
+checkpoint) → metrics → hparams → summary. What differs between tasks is asked of the task (``attnfit.tasks``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from attnfit.errors import CheckpointError, ConfigError
+from attnfit.pretrained import load_artifact
+from attnfit.recipes.common import (
+    build_trainer,
+    check_common,
+    final_metrics,
+    fit,
+    is_rank_zero,
+    log_final_hparams,
+    resume_path,
+    total_training_steps,
+    write_metrics,
+)
+from attnfit.tasks import Prepared, Task, get_task
+from attnfit.training.callbacks import StartupTimes
+
+log = logging.getLogger("attnfit")
+
+
+def run(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | None:
+    """Train (or fine-tune, with ``pretrained=``) the configured task; returns ``cfg.optimized_metric`` for sweeps.
+
+    ``callbacks`` are added to the Trainer's (a search adds its pruning callback here)."""
+    started = time.perf_counter()
+    task = get_task(cfg.task.name)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if "pretrained" in cfg and not cfg.pretrained:  # attnfit-finetune's config has the key, attnfit-train's not
+        raise ConfigError(
+            "pretrained=PATH is required: a run directory (as printed by attnfit-train), a .ckpt file or an "
+            "exported model directory"
+        )
+    pretrained = load_artifact(cfg.pretrained) if cfg.get("pretrained") else None
+    if pretrained is not None:
+        log.info("pretrained: %s (%s)", pretrained.source, pretrained.task)
+    check_common(cfg)
+    task.check(cfg, pretrained)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    ckpt_path = resume_path(cfg.ckpt_path, output_dir)
+    resume = load_artifact(ckpt_path) if ckpt_path else None
+    source = resume or pretrained  # the vocabulary is never retrained for a resumed or pretrained model
+    log.info("start-up: preparing %s data", cfg.task.name)
+    prepared = task.prepare(cfg, source.record.tokenizers() if source is not None else None)
+    steps = ", ".join(f"{name.removesuffix('_s')} {seconds:.2f} s" for name, seconds in prepared.timings.items())
+    elapsed = time.perf_counter() - started
+    log.info("start-up: data ready %.2f s after the run began%s", elapsed, f" ({steps})" if steps else "")
+    if is_rank_zero():
+        (output_dir / "tokenizer.json").write_text(prepared.tokenizer.to_str())
+        if prepared.target_tokenizer is not None:
+            (output_dir / "target_tokenizer.json").write_text(prepared.target_tokenizer.to_str())
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if "unigram_baseline" in prepared.facts:
+        log.info(
+            "data: %d training sequences of %d tokens, vocabulary %d; unigram baseline %.3f nats/token",
+            prepared.num_train,
+            cfg.data.seq_len,
+            prepared.tokenizer.get_vocab_size(),
+            prepared.facts["unigram_baseline"],
+        )
+
+    batches = math.ceil(prepared.num_train / int(cfg.data.batch_size))
+    module = task.build_module(cfg, prepared, total_training_steps(cfg.trainer, batches), pretrained)
+    if resume is not None and resume.record.model_config != module.record.model_config:
+        raise CheckpointError(
+            f"{ckpt_path} holds a different model than this config; resume with the config "
+            "it was trained with (its run directory has config.yaml)"
+        )
+    log.info("model: %s, %.2fM parameters", describe(cfg, module), sum(p.numel() for p in module.parameters()) / 1e6)
+    monitor, mode = task.monitor(cfg)
+    extra = [StartupTimes(started), *task.callbacks(cfg, prepared, module), *(callbacks or [])]
+    trainer = build_trainer(cfg, output_dir, monitor=monitor, mode=mode, extra_callbacks=extra)
+    fit(trainer, module, prepared.datamodule, ckpt_path)
+
+    metrics = final_metrics(trainer, trainer.checkpoint_callback)
+    if prepared.datamodule.test is not None:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        tested = trainer.test(
+            module, datamodule=prepared.datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+        )
+        metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+    metrics.update(prepared.facts)
+    if trainer.is_global_zero:
+        write_metrics(output_dir, metrics)
+        log_final_hparams(trainer, cfg, metrics)
+        summarise(cfg, task, metrics, module, prepared, trainer)
+    return metrics.get(cfg.optimized_metric)
+
+
+def describe(cfg: DictConfig, module: L.LightningModule) -> str:
+    """``transformer encoder + self attention`` (what the run trains, in one phrase)."""
+    config = module.record.model_config
+    encoder = config.get("encoder", {})
+    if "encoder" in encoder:  # seq2seq: the encoder's own model config
+        encoder = encoder["encoder"]
+    attention = config.get("attention", config.get("encoder", {}).get("attention", {}))
+    return f"{cfg.task.name}: {encoder.get('name')} encoder + {attention.get('name')} attention"
+
+
+def summarise(
+    cfg: DictConfig, task: Task, metrics: dict[str, float], module: L.LightningModule, prepared: Prepared,
+    trainer: L.Trainer,
+) -> None:  # fmt: skip
+    """Tell the user how the run went, where it is, and what to try next."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)  # long paths stay copyable on one line
+    output_dir = Path(cfg.paths.output_dir)
+    for line in task.summarise(metrics, module, prepared):
+        console.print(line)
+    console.print(f"run directory: {output_dir}")
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        console.print(f"best checkpoint: {best}")
+    console.print("next:")
+    for line in task.next_steps(output_dir):
+        console.print(f"  {line}")
+    entry = "attnfit-finetune" if "pretrained" in cfg else "attnfit-train"
+    last = output_dir / "checkpoints" / "last.ckpt"
+    console.print(f"  {entry} ckpt_path={last} trainer.max_steps={2 * trainer.global_step}   # continue training")

@@ -1,0 +1,116 @@
+"""How a training run ended — completed, failed, pruned or interrupted — decided once (:func:`outcome`) and
+recorded in ``RUN_DIR/status.json`` with its score and overrides: what sweeps, searches and reports read."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+
+
+def outcome(value: Any, metric: str) -> tuple[str, str | None]:
+    """``(status, error)`` of a run that returned ``value`` for its optimized ``metric``: a NaN means it diverged,
+    nothing means the metric was never logged."""
+    if value is None:
+        return "failed", f"the run did not log {metric} (optimized_metric)"
+    if isinstance(value, float) and math.isnan(value):
+        return "failed", f"{metric} is NaN: the run diverged"
+    return "completed", None
+
+
+def write_status(cfg: Any, status: str, objective: Any, error: str | None, seconds: float) -> Path | None:
+    """Write ``RUN_DIR/status.json``; ``status`` is completed, failed, pruned or interrupted."""
+    try:
+        output_dir = Path(cfg.paths.output_dir)
+    except Exception:  # the run directory itself could not be resolved: nothing to write into
+        return None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "status": status,
+        "objective": float(objective) if isinstance(objective, (int, float)) else None,
+        "optimized_metric": str(cfg.get("optimized_metric")),
+        "mode": str(cfg.get("optimized_mode", "min")),
+        "error": error,
+        "seconds": round(seconds, 3),
+        "overrides": _overrides(),
+    }
+    path = output_dir / STATUS_FILE
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_recorded(recipe: Callable[[Any], Any], cfg: Any) -> Any:
+    """Run ``recipe(cfg)``; a user mistake (:class:`AttnfitError`) becomes one line on stderr and exit code 2.
+
+    Training runs also record ``status.json`` in their run directory. In a multirun (sweep) a failed run is
+    recorded with its error and the sweep goes on with the next one.
+    """
+    from attnfit.errors import AttnfitError, TrainingInterrupted
+
+    multirun = _in_multirun()
+    start = time.perf_counter()
+    try:
+        result = recipe(cfg)
+    except TrainingInterrupted as error:  # a sweep stops too: the user or the scheduler asked for it
+        _record(cfg, "interrupted", None, str(error), start)
+        print(f"stopped: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:  # before training started: nothing to save
+        _record(cfg, "interrupted", None, "interrupted before training started", start)
+        print("stopped: interrupted before training started; nothing to save", file=sys.stderr)
+        sys.exit(130)
+    except AttnfitError as error:
+        _record(cfg, "failed", None, str(error), start)
+        logging.getLogger("attnfit").debug("user error", exc_info=True)  # the full trace stays in the run's log
+        print(f"error: {error}", file=sys.stderr)
+        if multirun:
+            return None
+        sys.exit(2)
+    except Exception as error:
+        _record(cfg, "failed", None, f"{type(error).__name__}: {error}", start)
+        if multirun:
+            logging.getLogger("attnfit").exception("run failed; the sweep goes on")
+            return None
+        raise
+    status, error = outcome(result, str(cfg.get("optimized_metric")))
+    if status == "failed" and result is not None:  # diverged: a sweep records it and goes on
+        _record(cfg, status, None, error, start)
+        return None
+    _record(cfg, "completed", result, None, start)
+    return result
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record(cfg: Any, status: str, objective: Any, error: str | None, start: float) -> None:
+    """``status.json`` for training recipes (those with a run directory and an objective)."""
+    from attnfit.recipes.common import is_rank_zero
+
+    if "optimized_metric" not in cfg or "paths" not in cfg or not is_rank_zero():
+        return
+    write_status(cfg, status, objective, error, time.perf_counter() - start)

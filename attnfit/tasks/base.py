@@ -1,0 +1,99 @@
+"""The one interface every task implements; the run sequence, eval, predict and export reach tasks only through it.
+
+A task owns everything that differs between tasks: its config checks, its data, its model and LightningModule,
+its evaluation data, how it predicts on one input and how it summarises a run. Everything else (run directory,
+resume, Trainer, checkpoints, metrics files, status) is the run sequence's (``attnfit.recipes.run``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from attnfit.pretrained import Artifact, ModelRecord
+
+
+@dataclass
+class Prepared:
+    """A task's data, ready for the Trainer, and the facts a run reports about it."""
+
+    datamodule: Any  # attnfit.training.datamodule.TokenizedDataModule
+    tokenizer: Any  # tokenizers.Tokenizer
+    target_tokenizer: Any = None  # seq2seq with its own target vocabulary
+    num_train: int = 0
+    facts: dict[str, float] = field(default_factory=dict)  # written to metrics.json (e.g. a baseline)
+    extra: Any = None  # task-private (examples for heat maps, raw validation contexts, …)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per preparation step (load, tokenize, …)
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``timings[name]``: where a run's start-up time goes."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class Task:
+    """Base class; one subclass per task family, registered in :data:`attnfit.tasks.TASKS`."""
+
+    name: str = ""
+    is_pretraining: bool = False  # its models are what attnfit-finetune starts from
+
+    # ---- training ---------------------------------------------------------------------------------------------
+    def monitor(self, cfg: DictConfig) -> tuple[str, str]:
+        """The metric (and min/max) the best checkpoint and early stopping watch."""
+        return "val/loss", "min"
+
+    def check(self, cfg: DictConfig, pretrained: Artifact | None) -> None:
+        """Cheap config checks, before any data is read or model built."""
+
+    def prepare(self, cfg: DictConfig, tokenizers: tuple[Any, Any] | None) -> Prepared:
+        """Load and tokenize the data; ``tokenizers`` (source, target) come from a resumed or pretrained model."""
+        raise NotImplementedError
+
+    def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
+        """The LightningModule to fit; ``pretrained`` (when not resuming) initialises what it can."""
+        raise NotImplementedError
+
+    def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:
+        """Task-specific Lightning callbacks (heat maps …)."""
+        return []
+
+    def summarise(self, metrics: dict[str, float], module: Any, prepared: Prepared) -> list[str]:
+        """Lines (rich markup) the end-of-run summary shows before the run directory and next steps."""
+        shown = {k: v for k, v in metrics.items() if k.split("/")[0] in ("val", "test", "best")}
+        return ["  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))]
+
+    def next_steps(self, run_dir: Path) -> list[str]:
+        return [f"attnfit-eval checkpoint={run_dir}", f"attnfit-export checkpoint={run_dir} out={run_dir / 'export'}"]
+
+    # ---- saved models -----------------------------------------------------------------------------------------
+    def build_model(self, record: ModelRecord) -> nn.Module:
+        """The plain PyTorch model a record describes (weights not loaded)."""
+        raise NotImplementedError
+
+    def evaluation_data(self, job: DictConfig, artifact: Artifact, split: str) -> Any:
+        """The datamodule ``attnfit-eval`` scores: the job's data tokenized with the artifact's tokenizer(s)."""
+        return self.prepare(job, artifact.record.tokenizers()).datamodule
+
+    def evaluation_module(self, artifact: Artifact, cfg: DictConfig) -> Any:
+        """A LightningModule around the saved model, for ``Trainer.test``."""
+        raise NotImplementedError
+
+    def evaluation_notes(self, module: Any) -> dict[str, Any]:
+        """Settings of the evaluation worth recording beside its metrics (e.g. the beam width)."""
+        return {}
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        """One prediction, printed and returned as a JSON-able record (heat maps written under ``out``)."""
+        raise NotImplementedError

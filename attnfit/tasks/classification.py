@@ -1,0 +1,274 @@
+"""Sequence (and sentence-pair) classification (``task=classification``): fine-tuned from a pretrained LM, or
+trained from scratch with ``attnfit-train task=classification``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from attnfit.errors import ConfigError
+from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
+from attnfit.recipes.common import container, run_config
+from attnfit.tasks.base import Prepared, Task
+
+log = logging.getLogger("attnfit")
+
+
+def task_tokenizer(cfg: DictConfig, texts: Any, cache_key: str) -> Any:
+    """A tokenizer trained on a task's own training text (``tokenizer`` group), for runs without a pretrained model."""
+    from attnfit.data import get_tokenizer
+
+    tok = cfg.get("tokenizer")
+    if tok is None:
+        raise ConfigError("a run without pretrained= needs a tokenizer: tokenizer=bpe, tokenizer=char, …")
+    return get_tokenizer(
+        tok.kind, texts, int(tok.get("vocab_size", 8000)), cache_key=cache_key, cache_dir=Path(cfg.paths.cache_dir),
+        path=tok.get("path"),
+    )  # fmt: skip
+
+
+def backbone_config(cfg: DictConfig, tokenizer: Any, pretrained: Artifact | None) -> dict[str, Any]:
+    """The pretrained model's backbone config as it was trained, else the config groups' (bidirectional)."""
+    from attnfit.data import special_token_id
+    from attnfit.tasks.language_modeling import model_config_dict
+
+    if pretrained is not None:
+        return dict(pretrained.model_config)
+    return {**model_config_dict(cfg, tokenizer.get_vocab_size(), special_token_id(tokenizer, "pad")), "causal": False}
+
+
+def check_backbone(cfg: DictConfig, pretrained: Artifact | None, seq_len: int, key: str = "data.seq_len") -> None:
+    """The sequence length against the pretrained model's positions, or the config groups when training from scratch."""
+    from attnfit.tasks.language_modeling import check_backbone_config
+
+    if pretrained is None:
+        check_backbone_config(cfg, seq_len)
+        return
+    max_len = int(pretrained.model_config.get("max_len", seq_len))
+    if seq_len > max_len:
+        raise ConfigError(f"{key}={seq_len} exceeds the pretrained model's max_len={max_len}; choose {key} ≤ {max_len}")
+
+
+def check_finetune_options(cfg: DictConfig) -> None:
+    ft = cfg.get("finetune")
+    if ft is None:
+        return
+    if int(ft.freeze_layers) < 0:
+        raise ConfigError(f"finetune.freeze_layers={ft.freeze_layers} must be ≥ 0")
+    if ft.head_lr is not None and float(ft.head_lr) <= 0:
+        raise ConfigError(f"finetune.head_lr={ft.head_lr} must be > 0")
+
+
+def finetuned_backbone(model: nn.Module, cfg: DictConfig, pretrained: Artifact | None) -> Any:
+    """Load the pretrained backbone (unless ``finetune.from_scratch``), then apply the fine-tuning surgery.
+
+    Returns the :class:`~attnfit.models.FinetunePlan` and logs what was loaded and what will train."""
+    from attnfit.models import load_pretrained_backbone, prepare_for_finetuning
+
+    finetune = container(cfg.get("finetune")) or {}
+    if pretrained is not None and not finetune.get("from_scratch"):
+        log.info(load_pretrained_backbone(model, merged_state_dict(pretrained)).summary())
+    elif pretrained is not None:
+        log.info("finetune.from_scratch=true: every weight is newly initialised (baseline run)")
+    plan = prepare_for_finetuning(model, finetune)
+    total, trainable = (
+        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
+    log.info(f"trainable parameters: {trainable:,} of {total:,}" + (" (LoRA adapters and head)" if plan.lora else ""))
+    return plan
+
+
+def finetune_optimization(cfg: DictConfig, plan: Any, total_steps: int) -> Any:
+    from attnfit.training.module import Optimization
+
+    return Optimization(
+        container(cfg.optimizer), container(cfg.scheduler), total_steps, plan.layers, plan.head,
+        plan.layer_lr_decay, plan.head_lr,
+    )  # fmt: skip
+
+
+def finetune_callbacks(cfg: DictConfig, module: Any) -> list[Any]:
+    """Gradual unfreezing over the layer groups the module's optimizer was built with."""
+    from attnfit.training.callbacks import GradualUnfreezing
+
+    every = (cfg.get("finetune") or {}).get("gradual_unfreeze_every")
+    return [GradualUnfreezing(module.optimization.layers, int(every))] if every else []
+
+
+class Classification(Task):
+    name = "classification"
+
+    def monitor(self, cfg: DictConfig) -> tuple[str, str]:
+        return "val/f1", "max"
+
+    def check(self, cfg: DictConfig, pretrained: Artifact | None) -> None:
+        if int(cfg.data.seq_len) < 3:
+            raise ConfigError(f"data.seq_len={cfg.data.seq_len} must be ≥ 3 (<cls>, one token, <eos>)")
+        if pretrained is not None and pretrained.task not in ("mlm", "clm", "classification"):
+            raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; fine-tune a language model instead")
+        check_backbone(cfg, pretrained, int(cfg.data.seq_len))
+        check_finetune_options(cfg)
+
+    def prepare(
+        self, cfg: DictConfig, tokenizers: tuple[Any, Any] | None, label_names: list[str] | None = None
+    ) -> Prepared:
+        """Load the splits, fix the label names (from train unless given), tokenize, and build loaders."""
+        from attnfit.data import special_token_id
+        from attnfit.data.classification import (
+            ClassificationCollator,
+            class_weights,
+            label_names_from,
+            load_classification_splits,
+            tokenize_for_classification,
+        )
+        from attnfit.training.datamodule import TokenizedDataModule
+
+        data, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
+        files = {split: data.get(split) for split in ("train", "validation", "test") if data.get(split)}
+        splits = load_classification_splits(
+            data.source,
+            files=files,
+            hub_path=data.get("path"),
+            hub_subset=data.get("subset"),
+            hub_splits=container(data.get("splits")) if data.get("splits") else None,
+            text_column=data.get("text_column", "text"),
+            text_pair_column=data.get("text_pair_column"),
+            label_column=data.get("label_column", "label"),
+            column_names=container(data.get("column_names")) if data.get("column_names") else None,
+            file_format=data.get("format"),
+            val_fraction=data.get("val_fraction", 0.1),
+            seed=cfg.seed,
+            cache_dir=cache_dir / "datasets",
+            embedded_dir=cache_dir / "embedded-classification",
+        )
+        if tokenizers is not None:
+            tokenizer = tokenizers[0]
+        else:
+            train = splits["train"]
+            columns = [c for c in ("text", "text_pair") if c in train.column_names]
+            tokenizer = task_tokenizer(cfg, lambda: (row[c] for row in train for c in columns), train._fingerprint)
+        label_names = label_names or label_names_from(splits["train"]["label"])
+        seq_len = int(data.seq_len)
+        encoded = {
+            name: tokenize_for_classification(ds, tokenizer, seq_len, label_names, split=name)
+            for name, ds in splits.items()
+        }
+        weights = None
+        if cfg.task.get("class_weights"):
+            weights = class_weights(encoded["train"]["label"], len(label_names)).tolist()
+        collator = ClassificationCollator(special_token_id(tokenizer, "pad"))
+        datamodule = TokenizedDataModule(
+            encoded["train"],
+            encoded["validation"],
+            collator,
+            collator,
+            int(data.batch_size),
+            int(data.num_workers),
+            cfg.seed,
+            test=encoded.get("test"),
+            shuffle=bool(data.get("shuffle", True)),
+        )
+        validation = encoded["validation"]
+        rows = [validation[i] for i in range(min(4, len(validation)))]  # fixed examples for heat maps
+        tokens = [[tokenizer.decode([t]).strip() or tokenizer.id_to_token(t) for t in row["input_ids"]] for row in rows]
+        log.info("data: %d training examples, labels: %s", len(encoded["train"]), ", ".join(label_names))
+        extra = {"label_names": label_names, "class_weights": weights, "examples": collator(rows), "tokens": tokens}
+        return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), extra=extra)
+
+    def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
+        from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier
+        from attnfit.training.classification_module import ClassificationModule
+
+        label_names = prepared.extra["label_names"]
+        config = ModelConfig.from_dict(backbone_config(cfg, prepared.tokenizer, pretrained))
+        head = ClassifierConfig.from_dict(
+            {"num_labels": len(label_names), "pooling": cfg.task.pooling, "dropout": cfg.task.dropout}
+        )
+        model = SequenceClassifier(config, head)
+        plan = finetuned_backbone(model, cfg, pretrained)
+        record = ModelRecord(
+            "classification",
+            config.to_dict(),
+            prepared.tokenizer.to_str(),
+            head_config=head.to_dict(),
+            label_names=label_names,
+            lora=plan.lora,
+            run_config=run_config(cfg),
+        )
+        optimization = finetune_optimization(cfg, plan, total_steps)
+        return ClassificationModule(model, record, optimization, class_weights=prepared.extra["class_weights"])
+
+    def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:
+        from attnfit.training.callbacks import AttentionHeatmaps
+
+        extra = finetune_callbacks(cfg, module)
+        if cfg.callbacks.get("heatmaps"):
+            extra.append(AttentionHeatmaps(prepared.extra["examples"], prepared.extra["tokens"]))
+        return extra
+
+    def next_steps(self, run_dir: Path) -> list[str]:
+        return [
+            f"attnfit-eval checkpoint={run_dir}",
+            f'attnfit-predict checkpoint={run_dir} text="..." heatmap=true',
+            f"attnfit-export checkpoint={run_dir} out={run_dir / 'export'}",
+        ]
+
+    # ---- saved models -----------------------------------------------------------------------------------------
+    def build_model(self, record: ModelRecord) -> nn.Module:
+        from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier
+
+        return SequenceClassifier(
+            ModelConfig.from_dict(record.model_config), ClassifierConfig.from_dict(record.head_config or {})
+        )
+
+    def evaluation_data(self, job: DictConfig, artifact: Artifact, split: str) -> Any:
+        return self.prepare(job, artifact.record.tokenizers(), label_names=artifact.label_names).datamodule
+
+    def evaluation_module(self, artifact: Artifact, cfg: DictConfig) -> Any:
+        from attnfit.pretrained import build_model
+        from attnfit.training.classification_module import ClassificationModule
+
+        return ClassificationModule(build_model(artifact), artifact.record)
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        import torch
+        from datasets import Dataset
+
+        from attnfit.data.classification import tokenize_for_classification
+        from attnfit.viz import show_attention, token_strings
+
+        tokenizer, label_names = artifact.record.tokenizers()[0], list(artifact.label_names or [])
+        first, _, second = text.partition("\t")
+        rows = {"text": [first], "label": [label_names[0]]}
+        if second:
+            rows["text_pair"] = [second]
+        max_len = int(cfg.get("max_len") or artifact.model_config["max_len"])
+        ids = tokenize_for_classification(Dataset.from_dict(rows), tokenizer, max_len, label_names, split="predict")[0][
+            "input_ids"
+        ]
+        with torch.no_grad():
+            output = model(torch.tensor([ids]), need_weights=bool(cfg.heatmap))
+        probs = output.logits[0].float().softmax(-1)
+        label = label_names[int(probs.argmax())]
+        result: dict[str, Any] = {
+            "text": text,
+            "label": label,
+            "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probs, strict=True)},
+        }
+        print(f"{label}  " + "  ".join(f"{k}={v:.3f}" for k, v in result["probabilities"].items()) + f"  | {text}")
+        if cfg.heatmap:
+            tokens = token_strings(tokenizer, ids)
+            last = output.attentions[-1][0].mean(0).numpy() if output.attentions else None
+            path = out / f"attention_{index}.png"
+            show_attention(tokens, output.pooling_weights[0].numpy(), last, f"{label} ({float(probs.max()):.2f})", path)
+            result["attention"] = {
+                "tokens": tokens,
+                "pooling": [round(float(w), 6) for w in output.pooling_weights[0]],
+                "heatmap": str(path),
+            }
+        return result

@@ -1,0 +1,275 @@
+"""Masked- and causal-LM pretraining (``task=mlm``, ``task=clm``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from attnfit.errors import ConfigError, DataError
+from attnfit.pretrained import Artifact, ModelRecord
+from attnfit.recipes.common import container, run_config
+from attnfit.tasks.base import Prepared, Task, timed
+
+
+def model_config_dict(cfg: DictConfig, vocab_size: int, pad_id: int = 0) -> dict[str, Any]:
+    """The backbone's plain config: ``model`` + ``encoder`` + ``attention`` groups, vocabulary and causality."""
+    return {
+        **container(cfg.model),
+        "vocab_size": vocab_size,
+        "pad_id": pad_id,
+        "causal": cfg.task.name == "clm",
+        "encoder": container(cfg.encoder),
+        "attention": container(cfg.attention),
+    }
+
+
+def check_backbone_config(cfg: DictConfig, seq_len: int) -> None:
+    """The ``model``/``encoder``/``attention`` groups against the sequence length a task feeds them."""
+    from attnfit.models import ModelConfig
+
+    ModelConfig.from_dict(model_config_dict(cfg, vocab_size=1))
+    if cfg.model.max_len < seq_len:
+        raise ConfigError(f"model.max_len={cfg.model.max_len} is shorter than data.seq_len={seq_len}")
+    if cfg.attention.name == "local" and cfg.attention.window >= seq_len:
+        raise ConfigError(
+            f"attention.window={cfg.attention.window} is not smaller than data.seq_len={seq_len}: the window would "
+            f"cover the whole sequence; choose attention.window < {seq_len} or attention=global"
+        )
+
+
+def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
+    """Load the splits, get the tokenizer (trained on train unless given), tokenize and pack, build loaders."""
+    from attnfit.data import (
+        CLMCollator,
+        MLMCollator,
+        get_tokenizer,
+        load_text_splits,
+        special_token_id,
+        special_token_ids,
+        tokenize_for_lm,
+        unigram_cross_entropy,
+    )
+    from attnfit.training.datamodule import TokenizedDataModule
+
+    data, cache_dir, timings = cfg.data, Path(cfg.paths.cache_dir), {}
+    files = {split: data.get(split) for split in ("train", "validation", "test") if data.get(split)}
+    with timed(timings, "load_s"):
+        splits = load_text_splits(
+            data.source,
+            files=files,
+            hub_path=data.get("path"),
+            hub_subset=data.get("subset"),
+            hub_splits=container(data.get("splits")) if data.get("splits") else None,
+            text_column=data.get("text_column", "text"),
+            file_format=data.get("format"),
+            val_fraction=data.get("val_fraction", 0.05),
+            seed=cfg.seed,
+            cache_dir=cache_dir / "datasets",
+            embedded_dir=cache_dir / "embedded",
+            num_train_docs=data.get("num_train_docs", 20000),
+            num_val_docs=data.get("num_val_docs", 1000),
+        )
+    if tokenizer is None:
+        tok = cfg.tokenizer
+        with timed(timings, "tokenizer_s"):
+            tokenizer = get_tokenizer(
+                tok.kind,
+                lambda: iter(splits["train"]["text"]),
+                int(tok.get("vocab_size", 8000)),
+                cache_key=splits["train"]._fingerprint,
+                cache_dir=cache_dir,
+                path=tok.get("path"),
+            )
+    seq_len, packing = int(data.seq_len), bool(data.packing)
+    with timed(timings, "tokenize_pack_s"):
+        encoded = {name: tokenize_for_lm(ds, tokenizer, seq_len, packing=packing) for name, ds in splits.items()}
+    vocab_size = tokenizer.get_vocab_size()
+    with timed(timings, "unigram_baseline_s"):
+        train_ids, val_ids = encoded["train"]["input_ids"], encoded["validation"]["input_ids"]
+        baseline = unigram_cross_entropy(train_ids, val_ids, vocab_size)
+    pad_id = special_token_id(tokenizer, "pad")
+    if cfg.task.name == "mlm":
+        mask_id = special_token_id(tokenizer, "mask")
+        specials = tuple(i for i in special_token_ids(tokenizer).values() if i is not None)
+        prob = float(cfg.task.mask_prob)
+        train_collator = MLMCollator(pad_id, mask_id, vocab_size, specials, prob, seed=cfg.seed)
+        val_collator = MLMCollator(pad_id, mask_id, vocab_size, specials, prob, seed=cfg.seed + 1, repeat_masks=True)
+    else:
+        train_collator = val_collator = CLMCollator(pad_id)
+    datamodule = TokenizedDataModule(
+        encoded["train"],
+        encoded["validation"],
+        train_collator,
+        val_collator,
+        int(data.batch_size),
+        int(data.num_workers),
+        cfg.seed,
+        test=encoded.get("test"),
+        shuffle=bool(data.get("shuffle", True)),
+    )
+    facts = {"unigram_baseline": baseline}
+    return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts, timings=timings)
+
+
+class LanguageModeling(Task):
+    """Pretraining a backbone with a language-model head; ``pretrained=`` continues another LM's weights."""
+
+    is_pretraining = True
+
+    def check(self, cfg: DictConfig, pretrained: Artifact | None) -> None:
+        seq_len = int(cfg.data.seq_len)
+        if seq_len < 2:
+            raise ConfigError(f"data.seq_len={seq_len} must be ≥ 2")
+        if pretrained is not None:
+            self._check_continuation(cfg, pretrained)
+        else:
+            check_backbone_config(cfg, seq_len)
+        if cfg.task.name == "mlm" and not 0.0 < float(cfg.task.mask_prob) < 1.0:
+            raise ConfigError(f"task.mask_prob={cfg.task.mask_prob} must be in (0, 1)")
+
+    def _check_continuation(self, cfg: DictConfig, pretrained: Artifact) -> None:
+        if pretrained.task not in ("mlm", "clm"):
+            raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; task={cfg.task.name} continues LMs")
+        if int(cfg.data.seq_len) > int(pretrained.model_config["max_len"]):
+            raise ConfigError(
+                f"data.seq_len={cfg.data.seq_len} exceeds the pretrained model's max_len="
+                f"{pretrained.model_config['max_len']}"
+            )
+
+    def prepare(self, cfg: DictConfig, tokenizers: tuple[Any, Any] | None) -> Prepared:
+        return prepare_lm_data(cfg, tokenizers[0] if tokenizers else None)
+
+    def _model_config(self, cfg: DictConfig, prepared: Prepared, pretrained: Artifact | None) -> dict[str, Any]:
+        from attnfit.data import special_token_id
+
+        if pretrained is not None:  # continued pretraining keeps the architecture; the objective may change
+            return {**pretrained.model_config, "causal": cfg.task.name == "clm"}
+        return model_config_dict(cfg, prepared.tokenizer.get_vocab_size(), special_token_id(prepared.tokenizer, "pad"))
+
+    def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
+        from attnfit.models import LanguageModel, ModelConfig, load_pretrained_backbone
+        from attnfit.training.lm_module import LanguageModelingModule
+        from attnfit.training.module import Optimization
+
+        config = ModelConfig.from_dict(self._model_config(cfg, prepared, pretrained))
+        model = LanguageModel(config)
+        if pretrained is not None:
+            load_pretrained_backbone(model, pretrained.state_dict, source=str(pretrained.source))
+        record = ModelRecord(cfg.task.name, config.to_dict(), prepared.tokenizer.to_str(), run_config=run_config(cfg))
+        optimization = Optimization(container(cfg.optimizer), container(cfg.scheduler), total_steps)
+        return LanguageModelingModule(model, record, optimization, compile=bool(cfg.compile))
+
+    def summarise(self, metrics: dict[str, float], module: Any, prepared: Prepared) -> list[str]:
+        lines = []
+        loss, baseline = metrics.get("val/loss"), metrics["unigram_baseline"]
+        if loss is not None:
+            if loss < 0.8 * baseline:
+                verdict = f"{100 * (1 - loss / baseline):.0f}% lower: the model learned context"
+            elif loss < baseline:
+                verdict = f"only {100 * (1 - loss / baseline):.0f}% lower: train longer"
+            else:
+                verdict = "not better yet: train longer, or check the data and learning rate"
+            lines.append(
+                f"[bold]validation loss {loss:.3f} nats/token[/] (perplexity {math.exp(min(loss, 50)):.1f}) "
+                f"vs unigram baseline {baseline:.3f}: {verdict}"
+            )
+        if module.model.config.causal:
+            lines.append(f"sample: {sample(module.model, prepared.tokenizer)}")
+        return lines
+
+    def next_steps(self, run_dir: Path) -> list[str]:
+        return [
+            f"attnfit-finetune pretrained={run_dir}   # fine-tune it (embedded task without data=)",
+            f"tensorboard --logdir {run_dir / 'tensorboard'}",
+        ]
+
+    def build_model(self, record: ModelRecord) -> nn.Module:
+        from attnfit.models import LanguageModel, ModelConfig
+
+        return LanguageModel(ModelConfig.from_dict(record.model_config))
+
+    def evaluation_module(self, artifact: Artifact, cfg: DictConfig) -> Any:
+        from attnfit.pretrained import build_model
+        from attnfit.training.lm_module import LanguageModelingModule
+
+        return LanguageModelingModule(build_model(artifact), artifact.record)
+
+
+def sample(model: Any, tokenizer: Any, max_new_tokens: int = 48) -> str:
+    """What a causal LM learned: a continuation of a document boundary, sampled with top-k."""
+    import torch
+
+    from attnfit.data import special_token_id
+
+    model = model.eval()
+    device = next(model.parameters()).device
+    prompt = torch.tensor([[special_token_id(tokenizer, "eos")]], device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    ids = model.generate(prompt, max_new_tokens, temperature=0.8, top_k=20, generator=generator)
+    return tokenizer.decode(ids[0, 1:].tolist()).strip()
+
+
+class MaskedLM(LanguageModeling):
+    name = "mlm"
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        import torch
+
+        from attnfit.data import special_token_id
+
+        tokenizer = artifact.record.tokenizers()[0]
+        mask_id = special_token_id(tokenizer, "mask")
+        mask_token = tokenizer.id_to_token(mask_id)
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        positions = [i for i, t in enumerate(ids) if t == mask_id]
+        if not positions:
+            raise DataError(f"a masked LM fills {mask_token} tokens; the text has none: {text!r}")
+        with torch.no_grad():
+            probs = model(torch.tensor([ids]))[0].float().softmax(-1)
+        fills = []
+        for position in positions:
+            top = torch.topk(probs[position], 5)
+            fills.append(
+                [
+                    {"token": tokenizer.decode([int(i)]).strip(), "p": round(float(p), 6)}
+                    for p, i in zip(top.values, top.indices, strict=True)
+                ]
+            )
+            print(f"{mask_token} @ {position}: " + ", ".join(f"{f['token']!r} {f['p']:.3f}" for f in fills[-1]))
+        return {"text": text, "fills": fills}
+
+
+class CausalLM(LanguageModeling):
+    name = "clm"
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        import torch
+
+        from attnfit.data import special_token_id
+        from attnfit.viz import show_attention, token_strings
+
+        tokenizer = artifact.record.tokenizers()[0]
+        prompt = [special_token_id(tokenizer, "eos"), *tokenizer.encode(text, add_special_tokens=False).ids]
+        with torch.no_grad():
+            ids = model.generate(
+                torch.tensor([prompt]),
+                int(cfg.max_new_tokens),
+                temperature=float(cfg.temperature),
+                top_k=cfg.get("top_k"),
+                eos_id=special_token_id(tokenizer, "eos"),
+            )[0].tolist()
+        continuation = tokenizer.decode(ids[len(prompt) :])
+        print(f"{text}\033[1m{continuation}\033[0m")
+        result: dict[str, Any] = {"prompt": text, "generated": continuation}
+        if cfg.heatmap:
+            ids = ids[: artifact.model_config["max_len"]]
+            with torch.no_grad():
+                _, attentions = model.backbone(torch.tensor([ids]), need_weights=True)
+            path = out / f"attention_{index}.png"
+            show_attention(token_strings(tokenizer, ids), None, attentions[-1][0].mean(0).numpy(), "last layer", path)
+            result["attention"] = {"heatmap": str(path)}
+        return result

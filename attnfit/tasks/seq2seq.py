@@ -1,0 +1,327 @@
+"""Sequence-to-sequence (``task=seq2seq``): translation and summarization with any encoder × decoder ×
+cross-attention. ``attnfit-train task=seq2seq`` trains from scratch; ``attnfit-finetune pretrained=RUN
+task=seq2seq`` starts the encoder from a pretrained language model (its tokenizer then serves both sides)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+from torch import nn
+
+from attnfit.errors import ConfigError, check_choice
+from attnfit.pretrained import Artifact, ModelRecord
+from attnfit.recipes.common import container, run_config
+from attnfit.tasks.base import Prepared, Task
+
+log = logging.getLogger("attnfit")
+METRICS = ("bleu", "rouge")
+
+
+def _with_text(encoded: Any, raw: Any) -> Any:
+    """Keep the raw reference next to the token ids: BLEU is computed on detokenized text, not on ids."""
+    return encoded.add_column("target_text", [raw["target"][int(i)] for i in encoded["index"]])
+
+
+def seq2seq_config_dict(
+    cfg: DictConfig, source_vocab: int, target_vocab: int, pad_id: int, encoder: dict | None = None
+) -> dict[str, Any]:
+    """The plain-data :class:`Seq2SeqConfig` this run's config describes; ``encoder``: a pretrained encoder's
+    model config, used instead of the ``model``/``encoder``/``attention`` groups."""
+    from attnfit.tasks.language_modeling import model_config_dict
+
+    task = cfg.task
+    if encoder is None:
+        encoder = model_config_dict(cfg, source_vocab, pad_id)
+        encoder["max_len"] = max(int(encoder["max_len"]), int(cfg.data.max_source_len))
+    encoder = {**encoder, "causal": False}
+    attention = encoder["attention"]  # unset cross-attention settings follow the encoder's attention
+    cross = container(task.cross_attention)
+    cross["name"] = cross.get("name") or attention["name"]
+    if cross.get("score") is None:
+        cross["score"] = "dot" if cross["name"] == "self" else (attention.get("score") or "general")
+    if cross.get("num_heads") is None:
+        cross["num_heads"] = int(attention["num_heads"]) if cross["name"] == "self" else 1
+    return {
+        "encoder": encoder,
+        "target_vocab_size": target_vocab,
+        "decoder": container(cfg.decoder),
+        "cross_attention": cross,
+        "tie_output": bool(task.tie_output),
+        "share_embeddings": bool(task.share_embeddings) and source_vocab == target_vocab,
+        "max_target_len": int(cfg.data.max_target_len) + 1,
+    }
+
+
+def _pretrained_encoder(pretrained: Artifact | None) -> dict[str, Any] | None:
+    return {**pretrained.model_config, "causal": False} if pretrained is not None else None
+
+
+class Seq2Seq(Task):
+    name = "seq2seq"
+
+    def monitor(self, cfg: DictConfig) -> tuple[str, str]:
+        return f"val/{'bleu' if cfg.task.metric == 'bleu' else 'rougeL'}", "max"
+
+    def check(self, cfg: DictConfig, pretrained: Artifact | None) -> None:
+        from attnfit.models.seq2seq import Seq2SeqConfig
+
+        if pretrained is not None and pretrained.task == "seq2seq":
+            raise ConfigError(f"{pretrained.source} is already a seq2seq model; continue it with ckpt_path= instead")
+        encoder = _pretrained_encoder(pretrained)
+        check_choice("task.metric", cfg.task.metric, METRICS)
+        if cfg.get("decoder") is None:
+            raise ConfigError("task=seq2seq needs a decoder: decoder=gru, decoder=lstm or decoder=transformer")
+        for key in ("max_source_len", "max_target_len", "batch_size"):
+            if int(cfg.data.get(key, 0)) < 1:
+                raise ConfigError(
+                    f"data.{key}={cfg.data.get(key)} must be ≥ 1 for task=seq2seq (is data= a seq2seq source?)"
+                )
+        if not 0.0 <= float(cfg.task.label_smoothing) < 1.0:
+            raise ConfigError(f"task.label_smoothing={cfg.task.label_smoothing} must be in [0, 1)")
+        if int(cfg.task.decode.beam_size) < 1:
+            raise ConfigError(f"task.decode.beam_size={cfg.task.decode.beam_size} must be ≥ 1")
+        vocab = int(encoder["vocab_size"]) if encoder else 64
+        Seq2SeqConfig.from_dict(seq2seq_config_dict(cfg, vocab, vocab, 0, encoder))  # encoder, decoder, cross-attention
+        if encoder is not None and int(cfg.data.max_source_len) > int(encoder["max_len"]):
+            raise ConfigError(
+                f"data.max_source_len={cfg.data.max_source_len} exceeds the pretrained encoder's max_len="
+                f"{encoder['max_len']}; set data.max_source_len={encoder['max_len']} or less"
+            )
+
+    def prepare(self, cfg: DictConfig, tokenizers: tuple[Any, Any] | None) -> Prepared:
+        """Load parallel splits, get the tokenizer(s) (from a checkpoint when given), tokenize, build loaders."""
+        from attnfit.data import special_token_id
+        from attnfit.data.seq2seq import Seq2SeqCollator, load_parallel_splits, parallel_texts, tokenize_for_seq2seq
+        from attnfit.data.tokenizer import get_tokenizer
+        from attnfit.training.datamodule import TokenizedDataModule
+
+        data, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
+
+        def files(split: str) -> Any:
+            return container(data.get(split)) if data.get(split) is not None else None
+
+        splits = load_parallel_splits(
+            data.source,
+            cache_dir=cache_dir / "datasets",
+            train=files("train"),
+            validation=files("validation"),
+            test=files("test"),
+            source_column=data.get("source_column", "source"),
+            target_column=data.get("target_column", "target"),
+            source_lang=data.get("source_lang"),
+            target_lang=data.get("target_lang"),
+            path=data.get("path"),
+            subset=data.get("subset"),
+            file_format=data.get("format"),
+            num_train=int(data.get("num_train", 20000)),
+            num_val=int(data.get("num_val", 1000)),
+            num_test=int(data.get("num_test", 1000)),
+            val_fraction=float(data.get("val_fraction", 0.05)),
+            seed=int(cfg.seed),
+            embedded_dir=cache_dir / "embedded-translation",
+        )
+        if tokenizers is not None:
+            source_tok, target_tok = tokenizers
+        else:
+            tok, joint = cfg.get("tokenizer"), bool(cfg.task.joint_tokenizer)
+            key = splits["train"]._fingerprint
+
+            def train_tokenizer(side: str) -> Any:
+                return get_tokenizer(
+                    tok.kind,
+                    lambda: parallel_texts(splits["train"], side),
+                    int(tok.get("vocab_size", 8000)),
+                    cache_key=f"{key}|{side}",
+                    cache_dir=cache_dir,
+                    path=tok.get("path"),
+                )
+
+            source_tok = train_tokenizer("both" if joint else "source")
+            target_tok = source_tok if joint else train_tokenizer("target")
+        max_src, max_tgt = int(data.max_source_len), int(data.max_target_len)
+        encoded = {
+            split: tokenize_for_seq2seq(ds, source_tok, target_tok, max_src, max_tgt, split=split)
+            for split, ds in splits.items()
+        }
+        for split in ("validation", "test"):
+            if split in encoded:
+                encoded[split] = _with_text(encoded[split], splits[split])
+        pad_id = special_token_id(target_tok, "pad")
+        if special_token_id(source_tok, "pad") != pad_id:
+            raise ConfigError("source and target tokenizers must use the same <pad> id")
+        collator = Seq2SeqCollator(pad_id)
+        datamodule = TokenizedDataModule(
+            encoded["train"],
+            encoded["validation"],
+            collator,
+            collator,
+            int(data.batch_size),
+            int(data.num_workers),
+            int(cfg.seed),
+            test=encoded.get("test"),
+            shuffle=bool(data.get("shuffle", True)),
+        )
+        target = None if target_tok is source_tok else target_tok
+        return Prepared(datamodule, source_tok, target, num_train=len(encoded["train"]))
+
+    def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
+        from attnfit.data import special_token_id
+        from attnfit.models.finetuning import load_pretrained_backbone
+        from attnfit.models.seq2seq import Seq2SeqConfig, Seq2SeqModel
+        from attnfit.training.module import Optimization
+        from attnfit.training.seq2seq_module import Seq2SeqModule
+
+        source, target = prepared.tokenizer, prepared.target_tokenizer or prepared.tokenizer
+        config = Seq2SeqConfig.from_dict(
+            seq2seq_config_dict(
+                cfg,
+                source.get_vocab_size(),
+                target.get_vocab_size(),
+                special_token_id(target, "pad"),
+                _pretrained_encoder(pretrained),
+            )
+        )
+        model = Seq2SeqModel(config)
+        if pretrained is not None:
+            loaded = load_pretrained_backbone(model, pretrained.state_dict)
+            log.info("encoder initialised from %s (%d tensors)", pretrained.source, len(loaded.loaded))
+        record = ModelRecord(
+            "seq2seq",
+            config.to_dict(),
+            source.to_str(),
+            target_tokenizer_json=prepared.target_tokenizer.to_str() if prepared.target_tokenizer else None,
+            decode=container(cfg.task.decode),
+            metric=str(cfg.task.metric),
+            run_config=run_config(cfg),
+        )
+        optimization = Optimization(container(cfg.optimizer), container(cfg.scheduler), total_steps)
+        module = Seq2SeqModule(
+            model,
+            record,
+            optimization,
+            label_smoothing=float(cfg.task.label_smoothing),
+            num_samples=int(cfg.task.num_samples),
+            compile=bool(cfg.compile),
+        )
+        log.info(
+            "model: %s encoder + %s decoder, %s cross-attention",
+            config.encoder.encoder.name,
+            cfg.decoder.name,
+            config.cross_attention.name,
+        )
+        if cfg.callbacks.get("early_stopping"):  # fine-tuning's preset watches a classification metric
+            with open_dict(cfg):
+                cfg.callbacks.early_stopping.monitor, cfg.callbacks.early_stopping.mode = self.monitor(cfg)
+        return module
+
+    def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:
+        from attnfit.recipes.common import is_rank_zero
+        from attnfit.training.callbacks import AlignmentHeatmaps
+
+        count = int(cfg.task.get("alignment_heatmaps", 0))
+        if not count or not is_rank_zero():
+            return []
+        return [AlignmentHeatmaps(prepared.datamodule.validation, count, prepared.tokenizer.to_str())]
+
+    def summarise(self, metrics: dict[str, float], module: Any, prepared: Prepared) -> list[str]:
+        shown = {k: v for k, v in metrics.items() if k.split("/")[-1] in ("loss", "ppl", "bleu", "rouge1", "rougeL")}
+        return ["  ".join(f"[bold]{k}[/] {v:.3f}" for k, v in sorted(shown.items()))]
+
+    def next_steps(self, run_dir: Path) -> list[str]:
+        return [
+            f"attnfit-eval checkpoint={run_dir}        # BLEU with beam search on the test split",
+            f"attnfit-predict checkpoint={run_dir} text='...' heatmap=true   # translate, with alignments",
+            f"tensorboard --logdir {run_dir / 'tensorboard'}",
+        ]
+
+    # ---- saved models -----------------------------------------------------------------------------------------
+    def build_model(self, record: ModelRecord) -> nn.Module:
+        from attnfit.models.seq2seq import Seq2SeqConfig, Seq2SeqModel
+
+        return Seq2SeqModel(Seq2SeqConfig.from_dict(record.model_config))
+
+    def evaluation_data(self, job: DictConfig, artifact: Artifact, split: str) -> Any:
+        """Validation and test keep their reference texts for BLEU/ROUGE; train gets them back from its target ids
+        when it is the split scored."""
+        tokenizers = artifact.record.tokenizers()
+        datamodule = self.prepare(job, tokenizers).datamodule
+        if split == "train" and "target_text" not in datamodule.train.column_names:
+            target = tokenizers[1]
+            datamodule.train = datamodule.train.map(
+                lambda batch: {"target_text": target.decode_batch([ids[1:-1] for ids in batch["target_ids"]])},
+                batched=True,
+                desc="reference texts (train)",
+            )
+        return datamodule
+
+    def evaluation_module(self, artifact: Artifact, cfg: DictConfig) -> Any:
+        """Decodes with beam search: ``beam_size=``, else the width the checkpoint was trained to use."""
+        import dataclasses
+
+        from attnfit.pretrained import build_model
+        from attnfit.training.seq2seq_module import Seq2SeqModule
+
+        decode = dict(artifact.record.decode or {})
+        if cfg.get("beam_size") is not None:
+            decode["beam_size"] = int(cfg.beam_size)
+        return Seq2SeqModule(build_model(artifact), dataclasses.replace(artifact.record, decode=decode))
+
+    def evaluation_notes(self, module: Any) -> dict[str, Any]:
+        return {"decode": {k: module.decode_cfg[k] for k in ("beam_size", "length_penalty", "max_len")}}
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        """Beam search (the checkpoint's width unless ``beam_size=``); with ``heatmap=true`` the cross-attention
+        alignment (target × source, averaged over heads) as a PNG and as a matrix in the JSON record."""
+        import torch
+
+        from attnfit.data import special_token_id
+        from attnfit.models.seq2seq import beam_search, greedy_decode
+        from attnfit.viz import token_strings
+
+        tokenizer, target_tokenizer = artifact.record.tokenizers()
+        decode = artifact.record.decode or {}
+        beam = int(cfg.get("beam_size") or decode.get("beam_size", 4))
+        max_len = min(int(decode.get("max_len", 64)), model.config.max_target_len)
+        max_source = int(cfg.get("max_len") or artifact.model_config["encoder"]["max_len"])
+        words = tokenizer.encode(text, add_special_tokens=False).ids[: max_source - 1]
+        ids = [*words, special_token_id(tokenizer, "eos")]  # as in training: source [eos]
+        common = dict(
+            bos_id=special_token_id(target_tokenizer, "bos"),
+            eos_id=special_token_id(target_tokenizer, "eos"),
+            max_len=max_len,
+            need_alignments=bool(cfg.heatmap),
+        )
+        source = torch.tensor([ids])
+        with torch.no_grad():
+            if beam == 1:
+                output = greedy_decode(model, source, None, **common)
+            else:
+                penalty = float(decode.get("length_penalty", 1.0))
+                output = beam_search(model, source, None, beam_size=beam, length_penalty=penalty, **common)
+        n = int(output.lengths[0])
+        target_ids = output.tokens[0, :n].tolist()
+        translation = target_tokenizer.decode(target_ids)
+        print(f"{text}  →  \033[1m{translation}\033[0m")
+        result: dict[str, Any] = {
+            "source": text, "translation": translation, "score": round(float(output.scores[0]), 6), "beam_size": beam,
+        }  # fmt: skip
+        if cfg.heatmap:
+            from attnfit.viz import alignment_figure, save_figure
+
+            source_tokens, target_tokens = token_strings(tokenizer, ids), token_strings(target_tokenizer, target_ids)
+            weights = output.alignments[0, :n].float().numpy()  # (target, source)
+            path = out / f"alignment_{index}.png"
+            save_figure(alignment_figure(source_tokens, target_tokens, weights, title=translation), path)
+            links = [f"{t}←{source_tokens[int(row.argmax())]}" for t, row in zip(target_tokens, weights, strict=True)]
+            print("alignment (strongest source token): " + " ".join(links))
+            print(f"alignment heat map: {path}")
+            result["alignment"] = {
+                "source_tokens": source_tokens,
+                "target_tokens": target_tokens,
+                "weights": [[round(float(w), 6) for w in row] for row in weights],
+                "heatmap": str(path),
+            }
+        return result

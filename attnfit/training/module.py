@@ -1,0 +1,65 @@
+"""What every task's LightningModule shares: the model it wraps, its record and its optimization.
+
+The record (:class:`attnfit.pretrained.ModelRecord`) is written into every checkpoint here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+from attnfit.pretrained import CHECKPOINT_KEY, ModelRecord
+from attnfit.training.optim import build_optimizer, build_scheduler, decay_groups, layerwise_groups
+
+
+@dataclass
+class Optimization:
+    """Optimizer and per-step schedule settings (the ``optimizer``/``scheduler`` config groups, plain data).
+
+    ``layers``/``head``: fine-tuning's layer-wise learning rates (see :class:`attnfit.models.FinetunePlan`);
+    without them every parameter shares ``optimizer.lr``."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    total_steps: int
+    layers: list[list[nn.Parameter]] | None = None
+    head: list[nn.Parameter] | None = None
+    layer_lr_decay: float = 1.0
+    head_lr: float | None = None
+
+    def configure(self, model: nn.Module) -> dict[str, Any]:
+        """What ``LightningModule.configure_optimizers`` returns."""
+        opt, sched = dict(self.optimizer), dict(self.scheduler)
+        weight_decay = opt.pop("weight_decay", 0.01)
+        if self.layers is None:
+            groups = decay_groups(model, weight_decay)
+        else:
+            groups = layerwise_groups(
+                model, self.layers, self.head or [], opt["lr"], weight_decay, self.layer_lr_decay, self.head_lr
+            )
+        optimizer = build_optimizer(groups, **opt)
+        scheduler = build_scheduler(optimizer, sched.pop("name"), self.total_steps, **sched)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TaskModule(L.LightningModule):
+    """``model``: the plain PyTorch model; ``record``: what checkpoints say about it; ``optimization``: None for
+    evaluation-only modules."""
+
+    def __init__(self, model: nn.Module, record: ModelRecord, optimization: Optimization | None = None) -> None:
+        super().__init__()
+        self.model, self.record, self.optimization = model, record, optimization
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.optimization is None:
+            raise RuntimeError(f"{type(self).__name__} was built for evaluation only (no optimization)")
+        return self.optimization.configure(self.model)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.record.to_dict()
+
+    def log_learning_rate(self) -> None:
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
