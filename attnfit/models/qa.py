@@ -211,6 +211,11 @@ class SpanExtractor(nn.Module):
     def forward(
         self, input_ids: Tensor, padding_mask: Tensor, segment_ids: Tensor, need_weights: bool = False
     ) -> QAOutput:
+        """``input_ids``/``padding_mask``/``segment_ids (B, T)`` → :class:`QAOutput`.
+
+        bidaf builds its question and context batches from ``segment_ids`` alone (padding is segment 2), so it
+        needs no ``padding_mask``; concat passes it to the backbone.
+        """
         if self.config.interaction == "concat":
             return self._concat(input_ids, padding_mask, segment_ids, need_weights)
         return self._bidaf(input_ids, segment_ids, need_weights)
