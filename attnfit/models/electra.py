@@ -125,7 +125,10 @@ class ElectraModel(nn.Module):
     def forward(
         self, input_ids: Tensor, padding_mask: Tensor | None, labels: Tensor, generator: torch.Generator | None = None
     ) -> ElectraOutput:
-        """``input_ids (B, T)`` as the MLM collator masked them; ``labels (B, T)``: original ids there, else -100."""
+        """``input_ids (B, T)`` as the MLM collator masked them; ``labels (B, T)``: original ids there, else -100.
+
+        ``generator`` (on the model's device) makes the replacement samples reproducible.
+        """
         if padding_mask is None:
             padding_mask = torch.zeros_like(input_ids, dtype=torch.bool)
         masked = labels != IGNORE_INDEX  # (B, T)
