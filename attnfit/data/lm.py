@@ -189,15 +189,24 @@ class MLMCollator:
                 raise ConfigError(f"vocab_size={self.vocab_size} leaves no non-special token to sample")
         return self._replacements[torch.randint(len(self._replacements), (n,), generator=gen)]
 
-    def __call__(self, examples: Sequence[dict]) -> dict:
-        input_ids, padding_mask = _pad(examples, self.pad_id)
-        gen = self._batch_rng(examples)
-        eligible = ~padding_mask & ~torch.isin(input_ids, torch.tensor(self.special_ids, dtype=torch.long))
+    def _choose(self, input_ids: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """The positions to predict, ``(B, T)`` bool within ``eligible``: each token with probability ``mask_prob``.
+
+        The one hook for other masking strategies (``attnfit.data.masking``: whole words, spans); the 80/10/10
+        rule, padding and seeding stay here.
+        """
         chosen = (torch.rand(input_ids.shape, generator=gen) < self.mask_prob) & eligible
         if not chosen.any() and eligible.any():
             candidates = eligible.flatten().nonzero().squeeze(1)
             pick = candidates[torch.randint(len(candidates), (1,), generator=gen)]
             chosen.view(-1)[pick] = True
+        return chosen
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        input_ids, padding_mask = _pad(examples, self.pad_id)
+        gen = self._batch_rng(examples)
+        eligible = ~padding_mask & ~torch.isin(input_ids, torch.tensor(self.special_ids, dtype=torch.long))
+        chosen = self._choose(input_ids, eligible, gen)
         labels = torch.where(chosen, input_ids, IGNORE_INDEX)
         action = torch.rand(input_ids.shape, generator=gen)
         to_mask = chosen & (action < 0.8)
