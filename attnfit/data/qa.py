@@ -580,14 +580,17 @@ def tokenize_for_qa(
 @dataclass
 class QACollator:
     """QA batches: right-padded "input_ids" (B, T), "padding_mask" (B, T) True at padding, "segment_ids" (B, T)
-    with padding as segment 2, "start_positions"/"end_positions" (B,), "window_index" (B,) and "num_tokens"."""
+    with padding as segment 2, "start_positions"/"end_positions" (B,), "window_index" (B,) and "num_tokens".
+
+    Evaluation windows that carry "id", "context", "answer_texts" (and always "offsets") pass them on as lists:
+    decoding a span back to text needs them."""
 
     pad_id: int
 
     def __call__(self, examples: Sequence[dict]) -> dict:
         input_ids, padding_mask = _pad(examples, self.pad_id)
         segments, _ = _pad([{"input_ids": ex["segment_ids"]} for ex in examples], SEGMENT_END)
-        return {
+        batch = {
             "input_ids": input_ids,
             "padding_mask": padding_mask,
             "segment_ids": segments,
@@ -596,3 +599,6 @@ class QACollator:
             "window_index": torch.tensor([int(ex["window_index"]) for ex in examples], dtype=torch.long),
             "num_tokens": int((~padding_mask).sum()),
         }
+        if examples and "id" in examples[0]:
+            batch.update({key: [ex[key] for ex in examples] for key in ("id", "context", "answer_texts", "offsets")})
+        return batch

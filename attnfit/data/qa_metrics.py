@@ -194,3 +194,23 @@ def best_spans(
         Span(context[cs:ce], score, prob, cs, ce, w, ts, te)
         for (score, cs, ce, w, ts, te), prob in zip(picked, probabilities, strict=True)
     ]
+
+
+def _sentences(context: str) -> list[tuple[int, int]]:
+    """``[start, end)`` character spans of the sentences of ``context`` (split after . ! ? and 。！？)."""
+    spans, start = [], 0
+    for match in re.finditer(r"[.!?。！？]+\s*", context):
+        spans.append((start, match.end()))
+        start = match.end()
+    if start < len(context):
+        spans.append((start, len(context)))
+    return [(s, e) for s, e in spans if context[s:e].strip()]
+
+
+def overlap_baseline(question: str, context: str) -> str:
+    """The trivial answer: the context sentence sharing most answer tokens (words; characters for Chinese) with
+    the question. What a QA model must beat to show it reads more than word overlap."""
+    asked = set(answer_tokens(question))
+    sentences = _sentences(context) or [(0, len(context))]
+    best = max(sentences, key=lambda span: len(asked & set(answer_tokens(context[span[0] : span[1]]))))
+    return context[best[0] : best[1]].strip()

@@ -1,0 +1,344 @@
+"""Extractive question answering (``task=qa``): SQuAD-style spans over every encoder × attention, with the
+question and context as one pair (``task.interaction=concat``) or BiDAF's attention flow over separately
+encoded question and context (``task.interaction=bidaf``). From scratch (``attnfit-train task=qa``) or from a
+pretrained LM (``attnfit-finetune pretrained=RUN task=qa``).
+
+Contexts longer than a window are split (``data.doc_stride``); each validation pass decodes the best span over
+all windows of a context and scores exact match and F1 (SQuAD's normalisation; characters for Chinese).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from attnfit.errors import ConfigError, DataError
+from attnfit.pretrained import Artifact, ModelRecord
+from attnfit.recipes.common import container, run_config
+from attnfit.tasks.base import Prepared, Task
+from attnfit.tasks.classification import (
+    backbone_config,
+    check_backbone,
+    check_finetune_options,
+    finetune_callbacks,
+    finetune_optimization,
+    finetuned_backbone,
+    task_tokenizer,
+)
+from attnfit.training.module import Optimization, TaskModule
+
+log = logging.getLogger("attnfit")
+WINDOW_KEYS = ("seq_len", "doc_stride", "max_question_len")  # how contexts were cut into windows
+
+
+def _with_examples(windows: Any, rows: Any) -> Any:
+    """Validation/test windows carry their question id, context and reference answers: decoding needs them."""
+    index = windows["example_index"]
+    for column in ("id", "context", "answer_texts"):
+        values = rows[column]
+        windows = windows.add_column(column, [values[int(i)] for i in index])
+    return windows
+
+
+class QAModule(TaskModule):
+    """Start/end cross-entropy on a :class:`~attnfit.models.qa.SpanExtractor`; EM/F1 of the decoded answers."""
+
+    def __init__(self, model: nn.Module, record: ModelRecord, optimization: Optimization | None = None) -> None:
+        super().__init__(model, record, optimization)
+        decode = record.decode or {}
+        self.max_answer_len = int(decode.get("max_answer_len", 30))
+
+    def forward(self, batch: dict[str, Any], need_weights: bool = False) -> Any:
+        return self.model(batch["input_ids"], batch["padding_mask"], batch["segment_ids"], need_weights)
+
+    def _loss(self, out: Any, batch: dict[str, Any]) -> Tensor:
+        start = F.cross_entropy(out.start_logits.float(), batch["start_positions"])
+        end = F.cross_entropy(out.end_logits.float(), batch["end_positions"])
+        return (start + end) / 2
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self._loss(self(batch), batch)
+        self.log("train/loss", loss)
+        self.log("loss", loss, prog_bar=True, logger=False)
+        self.log_learning_rate()
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss·windows, windows
+        self._windows: dict[str, list] = defaultdict(list)  # question id -> [(start, end, offsets)]
+        self._examples: dict[str, tuple[str, list[str]]] = {}  # question id -> (context, references)
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self(batch)
+        n = batch["input_ids"].shape[0]
+        self._sums += torch.stack([self._loss(out, batch).double() * n, torch.tensor(n, dtype=torch.float64)])
+        lengths = (~batch["padding_mask"]).sum(1).tolist()
+        for i, qid in enumerate(batch["id"]):
+            length = lengths[i]
+            self._windows[qid].append(
+                (out.start_logits[i, :length].cpu(), out.end_logits[i, :length].cpu(), batch["offsets"][i])
+            )
+            self._examples[qid] = (batch["context"][i], batch["answer_texts"][i])
+
+    test_step = validation_step
+
+    def answers(self) -> dict[str, str]:
+        """The best span of every question seen this pass, over all its windows."""
+        from attnfit.data.qa_metrics import best_spans
+
+        predictions = {}
+        for qid, windows in self._windows.items():
+            starts, ends, offsets = zip(*windows, strict=True)
+            spans = best_spans(starts, ends, offsets, self._examples[qid][0], self.max_answer_len, n_best=1)
+            predictions[qid] = spans[0].text if spans else ""
+        return predictions
+
+    def _log_epoch(self, split: str) -> None:
+        from attnfit.data.qa_metrics import squad_scores
+
+        total = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
+        self.log(f"{split}/loss", (total[0] / total[1].clamp(min=1)).float())
+        if not self._windows:
+            return
+        references = {qid: refs for qid, (_, refs) in self._examples.items()}
+        scores = squad_scores(self.answers(), references)
+        self.log(f"{split}/exact_match", scores["exact_match"])
+        self.log(f"{split}/f1", scores["f1"])
+        if split == "val":
+            self.log("val_f1", scores["f1"], prog_bar=True, logger=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+
+class QuestionAnswering(Task):
+    name = "qa"
+
+    def monitor(self, cfg: DictConfig) -> tuple[str, str]:
+        return "val/f1", "max"
+
+    def check(self, cfg: DictConfig, pretrained: Artifact | None) -> None:
+        from attnfit.data.qa import MALFORMED_POLICIES
+        from attnfit.errors import check_choice
+        from attnfit.models.qa import QAConfig
+
+        data = cfg.data
+        for key in (*WINDOW_KEYS, "batch_size"):
+            if key not in data:
+                raise ConfigError(f"task=qa needs data.{key} (is data= a QA source? e.g. data=embedded_qa, data=squad)")
+        check_choice("data.malformed", data.get("malformed", "skip"), MALFORMED_POLICIES)
+        if pretrained is not None and pretrained.task not in ("mlm", "clm"):
+            raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; fine-tune a language model instead")
+        if int(cfg.task.max_answer_len) < 1:
+            raise ConfigError(f"task.max_answer_len={cfg.task.max_answer_len} must be ≥ 1")
+        QAConfig.from_dict(self._head(cfg))
+        check_backbone(cfg, pretrained, int(data.seq_len))
+        check_finetune_options(cfg)
+
+    def _head(self, cfg: DictConfig) -> dict[str, Any]:
+        return {key: cfg.task[key] for key in ("interaction", "dropout", "modeling_layers")}
+
+    def prepare(self, cfg: DictConfig, tokenizers: tuple[Any, Any] | None) -> Prepared:
+        from attnfit.data import special_token_id
+        from attnfit.data.qa import QACollator, load_qa_splits, tokenize_for_qa
+        from attnfit.training.datamodule import TokenizedDataModule
+
+        data, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
+        files = {split: container(data.get(split)) for split in ("train", "validation", "test") if data.get(split)}
+        splits = load_qa_splits(
+            data.source,
+            files=files,
+            hub_path=data.get("path"),
+            hub_subset=data.get("subset"),
+            val_fraction=float(data.get("val_fraction", 0.1)),
+            seed=int(cfg.seed),
+            cache_dir=cache_dir / "datasets",
+            embedded_dir=cache_dir / "embedded-qa",
+            malformed=str(data.get("malformed", "skip")),
+            hub_splits=container(data.get("splits")) if data.get("splits") else None,
+        )
+        if tokenizers is not None:
+            tokenizer = tokenizers[0]
+        else:
+            train = splits["train"]
+            tokenizer = task_tokenizer(
+                cfg, lambda: (text for row in train for text in (row["question"], row["context"])), train._fingerprint
+            )
+        window = {key: int(data[key]) for key in WINDOW_KEYS}
+        encoded = {name: tokenize_for_qa(ds, tokenizer, **window, split=name) for name, ds in splits.items()}
+        for name in ("validation", "test"):
+            if name in encoded:
+                encoded[name] = _with_examples(encoded[name], splits[name])
+        collator = QACollator(special_token_id(tokenizer, "pad"))
+        datamodule = TokenizedDataModule(
+            encoded["train"],
+            encoded["validation"],
+            collator,
+            collator,
+            int(data.batch_size),
+            int(data.num_workers),
+            int(cfg.seed),
+            test=encoded.get("test"),
+            shuffle=bool(data.get("shuffle", True)),
+        )
+        log.info(
+            "data: %d training questions in %d windows of ≤ %d tokens; %d validation questions",
+            len(splits["train"]),
+            len(encoded["train"]),
+            window["seq_len"],
+            len(splits["validation"]),
+        )
+        return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), extra={"window": window})
+
+    def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
+        from attnfit.models import ModelConfig
+        from attnfit.models.qa import QAConfig, SpanExtractor
+
+        config = ModelConfig.from_dict(backbone_config(cfg, prepared.tokenizer, pretrained))
+        head = QAConfig.from_dict(self._head(cfg))
+        model = SpanExtractor(config, head)
+        plan = finetuned_backbone(model, cfg, pretrained)
+        decode = {**prepared.extra["window"], "max_answer_len": int(cfg.task.max_answer_len)}
+        record = ModelRecord(
+            "qa",
+            config.to_dict(),
+            prepared.tokenizer.to_str(),
+            head_config=head.to_dict(),
+            lora=plan.lora,
+            decode=decode,
+            run_config=run_config(cfg),
+        )
+        return QAModule(model, record, finetune_optimization(cfg, plan, total_steps))
+
+    def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:
+        return finetune_callbacks(cfg, module)
+
+    def next_steps(self, run_dir: Path) -> list[str]:
+        return [
+            f"attnfit-eval checkpoint={run_dir}",
+            f"attnfit-predict checkpoint={run_dir} question='...' context='...' heatmap=true",
+            f"attnfit-export checkpoint={run_dir} out={run_dir / 'export'}",
+        ]
+
+    # ---- saved models -----------------------------------------------------------------------------------------
+    def build_model(self, record: ModelRecord) -> nn.Module:
+        from attnfit.models import ModelConfig
+        from attnfit.models.qa import QAConfig, SpanExtractor
+
+        return SpanExtractor(ModelConfig.from_dict(record.model_config), QAConfig.from_dict(record.head_config or {}))
+
+    def evaluation_module(self, artifact: Artifact, cfg: DictConfig) -> Any:
+        from attnfit.pretrained import build_model
+
+        return QAModule(build_model(artifact), artifact.record)
+
+    def evaluation_data(self, job: DictConfig, artifact: Artifact, split: str) -> Any:
+        window = {key: (artifact.record.decode or {}).get(key) for key in WINDOW_KEYS}
+        for key, value in window.items():  # windows as the model was trained on, unless the user's data says
+            if value is not None and key not in job.data:
+                job.data[key] = value
+        return self.prepare(job, artifact.record.tokenizers()).datamodule
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        """The best answers (``n_best``) of ``question<TAB>context``; with ``heatmap=true`` the question→context
+        attention and the start/end probabilities over the context as a PNG."""
+        from datasets import Dataset
+
+        from attnfit.data.qa import QACollator, tokenize_for_qa
+        from attnfit.data.qa_metrics import best_spans
+
+        question, tab, context = text.partition("\t")
+        if not tab or not question.strip() or not context.strip():
+            raise DataError(
+                "a QA model answers a question about a context: give question=... context=... "
+                "(or text=QUESTION<TAB>CONTEXT, one per line in file=)"
+            )
+        tokenizer, decode = artifact.record.tokenizers()[0], artifact.record.decode or {}
+        row = {"id": str(index), "title": "", "paragraph": "", "question": question, "context": context}
+        row.update(answer_texts=[], answer_starts=[])  # nothing to score: only the windows are needed
+        window = {key: int(decode[key]) for key in WINDOW_KEYS}
+        windows = tokenize_for_qa(Dataset.from_list([row]), tokenizer, **window, split="predict")
+        batch = QACollator(0)([windows[i] for i in range(len(windows))])
+        with torch.no_grad():
+            output = model(batch["input_ids"], batch["padding_mask"], batch["segment_ids"], bool(cfg.heatmap))
+        lengths = (~batch["padding_mask"]).sum(1).tolist()
+        max_answer_len = int(cfg.get("max_answer_len") or decode.get("max_answer_len", 30))
+        spans = best_spans(
+            [output.start_logits[i, :n] for i, n in enumerate(lengths)],
+            [output.end_logits[i, :n] for i, n in enumerate(lengths)],
+            [windows[i]["offsets"] for i in range(len(windows))],
+            context,
+            max_answer_len,
+            int(cfg.get("n_best") or 5),
+        )
+        best = spans[0] if spans else None
+        shown = f"\033[1m{best.text}\033[0m  (p={best.probability:.3f})" if best else "(no span found)"
+        print(f"Q: {question}\nA: {shown}")
+        result: dict[str, Any] = {
+            "question": question,
+            "context": context,
+            "answer": best.text if best else "",
+            "score": round(best.score, 6) if best else None,
+            "span": [best.char_start, best.char_end] if best else None,
+            "n_best": [
+                {
+                    "text": s.text,
+                    "score": round(s.score, 6),
+                    "probability": round(s.probability, 6),
+                    "span": [s.char_start, s.char_end],
+                }
+                for s in spans
+            ],
+        }
+        if cfg.heatmap:
+            w = best.window if best else 0
+            path = out / f"qa_{index}.png"
+            save_qa_figure(tokenizer, batch, output, w, lengths[w], best.text if best else "", path)
+            print(f"attention heat map: {path}")
+            result["heatmap"] = str(path)
+        return result
+
+
+def save_qa_figure(tokenizer: Any, batch: dict, output: Any, w: int, length: int, answer: str, path: Path) -> None:
+    """Window ``w``: question→context attention (rows: question tokens) above the start/end probabilities."""
+    import matplotlib
+
+    from attnfit.viz import save_figure, token_strings
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = batch["input_ids"][w, :length].tolist()
+    segments = batch["segment_ids"][w, :length]
+    question = (segments == 0).nonzero().flatten().tolist()
+    context = (segments == 1).nonzero().flatten().tolist()
+    tokens = token_strings(tokenizer, ids)
+    start = output.start_logits[w, :length].float().softmax(-1)[context].numpy()
+    end = output.end_logits[w, :length].float().softmax(-1)[context].numpy()
+    width = max(6.0, 0.28 * len(context))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 2.0 + 0.25 * len(question) + 2.0), height_ratios=[2, 1])
+    if output.question_attention is not None:
+        grid = output.question_attention[w][context][:, question].float().numpy().T  # (question, context)
+        image = top.imshow(grid, aspect="auto", cmap="viridis")
+        fig.colorbar(image, ax=top, fraction=0.02)
+        top.set_yticks(range(len(question)), [tokens[i] for i in question], fontsize=7)
+    top.set_xticks(range(len(context)), [tokens[i] for i in context], rotation=90, fontsize=7)
+    top.set_title(f"question → context attention · answer: {answer}")
+    bottom.bar(range(len(context)), start, alpha=0.6, label="start")
+    bottom.bar(range(len(context)), end, alpha=0.6, label="end")
+    bottom.set_xticks(range(len(context)), [tokens[i] for i in context], rotation=90, fontsize=7)
+    bottom.set_ylabel("probability")
+    bottom.legend(fontsize=7)
+    save_figure(fig, path)
