@@ -15,19 +15,30 @@ from attnfit.pretrained import build_model, load_artifact
 from attnfit.tasks import get_task
 
 
-def read_inputs(cfg: DictConfig) -> list[str]:
-    """``text=`` or ``file=`` (one input a line; a tab separates the two texts of a pair, e.g. question and
-    context), or ``question=`` with ``context=``."""
-    if cfg.get("question") is not None or cfg.get("context") is not None:
-        if cfg.get("question") is None or cfg.get("context") is None:
+def read_inputs(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[str]:
+    """The inputs, one string each: ``text=``, ``question=`` with ``context=`` (joined by a tab), lines from
+    standard input (``-``) or ``file=`` (one a line; a tab separates the two texts of a pair). ``free`` holds what
+    the command line gave as free text (see attnfit.cli.predict); ``cfg`` what a Python caller set."""
+    given = {key: value for key, value in (free or {}).items() if value is not None}
+    for key in ("text", "question", "context", "file"):
+        if key not in given and cfg.get(key) is not None:
+            given[key] = str(cfg.get(key))
+    if "question" in given or "context" in given:
+        if "question" not in given or "context" not in given:
             raise ConfigError("give question=... and context=... together")
-        return [f"{cfg.question}\t{cfg.context}"]
-    if cfg.get("text") is not None and cfg.get("file"):
-        raise ConfigError("give text=... or file=..., not both")
-    if cfg.get("text") is not None:
-        return [str(cfg.text)]
-    if cfg.get("file"):
-        path = Path(cfg.file)
+        return [f"{given['question']}\t{given['context']}"]
+    sources = [key for key in ("text", "lines", "file") if key in given]
+    if len(sources) > 1:
+        raise ConfigError(f"give one of text=..., - (standard input) or file=..., not {' and '.join(sources)}")
+    if "text" in given:
+        return [given["text"]]
+    if "lines" in given:
+        lines = [line for line in given["lines"] if line.strip()]
+        if not lines:
+            raise DataError("standard input has no non-blank line to predict on")
+        return lines
+    if "file" in given:
+        path = Path(given["file"])
         if not path.is_file():
             raise DataError(f"input file {path} does not exist")
         try:
@@ -37,15 +48,16 @@ def read_inputs(cfg: DictConfig) -> list[str]:
         if not lines:
             raise DataError(f"{path} has no non-blank line to predict on")
         return lines
-    raise ConfigError('nothing to predict: give text="..." or file=inputs.txt')
+    raise ConfigError('nothing to predict: give text="...", file=inputs.txt or - (read standard input)')
 
 
-def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Print and write ``predictions.jsonl`` (and heat maps when ``heatmap=true``) to ``cfg.out``."""
+def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Print and write ``predictions.jsonl`` (and heat maps when ``heatmap=true``) to ``cfg.out``; ``free``: the
+    command line's free text (:func:`read_inputs`)."""
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
     check_beam_size(cfg.get("beam_size"))
-    inputs = read_inputs(cfg)
+    inputs = read_inputs(cfg, free)
     artifact = load_artifact(cfg.checkpoint)
     task = get_task(artifact.task)
     model = build_model(artifact).eval()
