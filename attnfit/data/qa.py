@@ -120,9 +120,13 @@ def _locate(context: str, text: str, start: object) -> tuple[int, bool]:
     raise _Malformed("answer not in context", f"{text!r} is {where}")
 
 
-def _clean_row(raw: dict, require_answers: bool) -> tuple[dict, int]:
+def _clean_row(raw: dict, require_answers: bool, require_located: bool = True) -> tuple[dict, int]:
     """A raw question record {id, title, paragraph, context, question, answers: [{text, answer_start}]} as a row;
-    also the number of answer starts repaired. Raises ``_Malformed``."""
+    also the number of answer starts repaired. Raises ``_Malformed``.
+
+    A reference answer that is not in the context is kept as text (start -1: it still counts when scoring) as
+    long as another one is placed, which comes first (the one training uses); with ``require_located=False``
+    (evaluation splits) a question is kept even when none is placed."""
     for name in ("context", "question", "answers"):
         if raw.get(name) is None:
             raise _Malformed("missing field", f"no {name!r}")
@@ -140,10 +144,17 @@ def _clean_row(raw: dict, require_answers: bool) -> tuple[dict, int]:
         text = answer["text"]
         if not isinstance(text, str) or not text.strip():
             raise _Malformed("empty answer")
-        start, moved = _locate(context, text, answer["answer_start"])
+        try:
+            start, moved = _locate(context, text, answer["answer_start"])
+        except _Malformed as error:
+            start, moved, unplaced = -1, False, error
         texts.append(text)
         starts.append(start)
         repaired += moved
+    if starts and max(starts) < 0 and require_located:
+        raise unplaced
+    placed_first = sorted(range(len(starts)), key=lambda i: starts[i] < 0)  # stable: the first placed answer leads
+    texts, starts = [texts[i] for i in placed_first], [starts[i] for i in placed_first]
     row = {
         "id": str(raw["id"]),
         "title": str(raw.get("title") or ""),
@@ -157,7 +168,7 @@ def _clean_row(raw: dict, require_answers: bool) -> tuple[dict, int]:
 
 
 def _clean_rows(
-    records: Iterable[dict], origin: str, malformed: str, require_answers: bool
+    records: Iterable[dict], origin: str, malformed: str, require_answers: bool, require_located: bool = True
 ) -> tuple[list[dict], QAReadReport]:
     """Apply the ``malformed`` policy to raw question records (each may carry a "_bad" structural reason)."""
     check_choice("data.malformed", malformed, MALFORMED_POLICIES)
@@ -170,7 +181,7 @@ def _clean_rows(
                 raise _Malformed("missing field", "no 'id'")
             if str(raw["id"]) in ids:
                 raise _Malformed("duplicate id")
-            row, repaired = _clean_row(raw, require_answers)
+            row, repaired = _clean_row(raw, require_answers, require_located)
         except _Malformed as bad:
             if malformed == "error":
                 detail = f" ({bad.detail})" if bad.detail else ""
@@ -218,7 +229,7 @@ def _squad_records(data: object, origin: str) -> Iterator[dict]:
 
 
 def read_squad_json(
-    path: str | Path, malformed: str = "skip", require_answers: bool = True
+    path: str | Path, malformed: str = "skip", require_answers: bool = True, require_located: bool = True
 ) -> tuple[list[dict], QAReadReport]:
     """Read a SQuAD v1.1 JSON file (plain, .gz, .bz2 or .xz) into one row per question, and a report.
 
@@ -229,7 +240,8 @@ def read_squad_json(
     empty answer, a duplicate id, or an answer text that is not at its ``answer_start``. The last is repaired when
     the text occurs exactly once in the context or within 20 characters of the stated start; otherwise, like the
     others, the question is dropped with ``malformed="skip"`` (counted per reason in the report, and a warning)
-    or raises DataError with ``"error"``. A question with several answers is dropped if any cannot be placed.
+    or raises DataError with ``"error"``. A reference that cannot be placed is kept as text (start -1) when another
+    one is placed; with ``require_located=False`` (evaluation splits) even when none is: it still counts in scoring.
     DataError for a missing file or one that is not SQuAD JSON.
     """
     path = Path(path)
@@ -241,7 +253,7 @@ def read_squad_json(
             data = json.load(f)
     except (OSError, ValueError, EOFError) as e:  # bad JSON, bad gzip, bad UTF-8
         raise DataError(f"could not read {origin} as SQuAD JSON: {type(e).__name__}: {e}") from e
-    rows, report = _clean_rows(_squad_records(data, origin), origin, malformed, require_answers)
+    rows, report = _clean_rows(_squad_records(data, origin), origin, malformed, require_answers, require_located)
     if report.skipped or report.repaired:
         logger.warning("%s", report.summary())
     return rows, report
@@ -280,7 +292,8 @@ def _read_files(split: str, paths: str | list[str], malformed: str) -> tuple[lis
     files = _expand(split, paths)
     rows, total = [], QAReadReport(", ".join(repr(p) for p in files[:3]) + (" and more" if len(files) > 3 else ""))
     for i, path in enumerate(files):
-        part, report = read_squad_json(path, malformed, require_answers=split != "test")
+        located = split == "train"  # evaluation splits score every question, placed or not
+        part, report = read_squad_json(path, malformed, require_answers=split != "test", require_located=located)
         for row in part:
             row["paragraph"] = f"{i}/{row['paragraph']}" if len(files) > 1 else row["paragraph"]
         rows.extend(part)
@@ -327,7 +340,9 @@ def _read_hub(
                 f"available columns: {', '.join(ds.column_names)}"
             )
         where = f"{origin} split {theirs!r}"
-        rows, report = _clean_rows(_hub_records(ds, theirs), where, malformed, require_answers=ours != "test")
+        rows, report = _clean_rows(
+            _hub_records(ds, theirs), where, malformed, require_answers=ours != "test", require_located=ours == "train"
+        )
         if report.skipped or report.repaired:
             logger.warning("%s", report.summary())
         out[ours] = (rows, report)

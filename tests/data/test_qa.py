@@ -432,3 +432,18 @@ def test_bpe_byte_tokens_of_one_character_share_its_span():
     starts[start + 1], ends[end - 1] = 4.0, 4.0  # middle byte tokens still give whole characters
     spans = best_spans([starts], [ends], [offsets], context, max_answer_len=10, n_best=5)
     assert spans[0].text == answer and len({(s.char_start, s.char_end) for s in spans}) == len(spans)
+
+
+def test_a_reference_answer_not_in_the_context_stays_a_reference(tmp_path):
+    """CMRC-style dev questions list several references; one that is not in the context (a paraphrase) must not drop
+    the question: the placed answer leads (training uses it), the other still counts when scoring. Evaluation
+    splits keep a question even when no reference is placed."""
+    qas = [("a", "Where?", [("at Torville", 0), ("Torford", 15)]), ("b", "Who?", [("Tovik", 0)])]
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(_squad([("Marel lives in Torford.", qas)])))
+    train, report = read_squad_json(path)
+    assert [r["id"] for r in train] == ["a"] and report.skipped["answer not in context"] == 1
+    assert train[0]["answer_texts"] == ["Torford", "at Torville"] and train[0]["answer_starts"][0] == 15
+    assert train[0]["answer_starts"][1] == -1
+    evaluation, _ = read_squad_json(path, require_located=False)
+    assert [r["id"] for r in evaluation] == ["a", "b"] and evaluation[1]["answer_starts"] == [-1]
