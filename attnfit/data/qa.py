@@ -72,7 +72,7 @@ WINDOW_FEATURES = Features(
 
 
 @dataclass
-class QAReadReport:
+class QAReadSummary:
     """What ``read_squad_json`` kept, skipped (per reason) and repaired, for one source."""
 
     origin: str
@@ -92,7 +92,7 @@ class QAReadReport:
 
 
 class _Malformed(Exception):
-    """A record that breaks one rule; ``reason`` is the short key counted in ``QAReadReport.skipped``."""
+    """A record that breaks one rule; ``reason`` is the short key counted in ``QAReadSummary.skipped``."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
@@ -169,10 +169,10 @@ def _clean_row(raw: dict, require_answers: bool, require_located: bool = True) -
 
 def _clean_rows(
     records: Iterable[dict], origin: str, malformed: str, require_answers: bool, require_located: bool = True
-) -> tuple[list[dict], QAReadReport]:
+) -> tuple[list[dict], QAReadSummary]:
     """Apply the ``malformed`` policy to raw question records (each may carry a "_bad" structural reason)."""
     check_choice("data.malformed", malformed, MALFORMED_POLICIES)
-    report, rows, ids = QAReadReport(origin), [], set()
+    report, rows, ids = QAReadSummary(origin), [], set()
     for raw in records:
         try:
             if "_bad" in raw:
@@ -230,7 +230,7 @@ def _squad_records(data: object, origin: str) -> Iterator[dict]:
 
 def read_squad_json(
     path: str | Path, malformed: str = "skip", require_answers: bool = True, require_located: bool = True
-) -> tuple[list[dict], QAReadReport]:
+) -> tuple[list[dict], QAReadSummary]:
     """Read a SQuAD v1.1 JSON file (plain, .gz, .bz2 or .xz) into one row per question, and a report.
 
     Rows: ``id, title, paragraph, context, question, answer_texts, answer_starts``; ``paragraph`` is
@@ -287,10 +287,10 @@ def _rows_dataset(rows: list[dict], cache_dir: str | Path | None) -> Dataset:
     return datasets.load_from_disk(str(final))
 
 
-def _read_files(split: str, paths: str | list[str], malformed: str) -> tuple[list[dict], QAReadReport]:
+def _read_files(split: str, paths: str | list[str], malformed: str) -> tuple[list[dict], QAReadSummary]:
     """All SQuAD files of one split; with several files, paragraph keys get the file's position as a prefix."""
     files = _expand(split, paths)
-    rows, total = [], QAReadReport(", ".join(repr(p) for p in files[:3]) + (" and more" if len(files) > 3 else ""))
+    rows, total = [], QAReadSummary(", ".join(repr(p) for p in files[:3]) + (" and more" if len(files) > 3 else ""))
     for i, path in enumerate(files):
         located = split == "train"  # evaluation splits score every question, placed or not
         part, report = read_squad_json(path, malformed, require_answers=split != "test", require_located=located)
@@ -329,7 +329,7 @@ def _hub_records(ds: Dataset, split: str) -> Iterator[dict]:
 
 def _read_hub(
     hub_path: str | None, hub_subset: str | None, hub_splits: dict[str, str] | None, malformed: str, cache_dir
-) -> dict[str, tuple[list[dict], QAReadReport]]:
+) -> dict[str, tuple[list[dict], QAReadSummary]]:
     raw, origin = _hub_splits(hub_path, hub_subset, hub_splits, cache_dir)
     out = {}
     for ours, (ds, theirs) in raw.items():

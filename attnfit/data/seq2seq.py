@@ -415,8 +415,8 @@ def tokenize_for_seq2seq(
 class Seq2SeqCollator:
     """Teacher-forcing batches: the decoder reads ``target_ids[:-1]`` and predicts ``target_ids[1:]``.
 
-    Returns "source_ids" (B, S) and "source_mask" (True at padding), "target_in" (B, T) padded with ``pad_id``,
-    "target_mask" (True at padding), "labels" (B, T) padded with -100, "num_target_tokens" (a 0-d tensor, the
+    Returns "source_ids" (B, S) and "source_padding_mask" (True at padding), "target_in" (B, T) padded with ``pad_id``,
+    "target_padding_mask" (True at padding), "labels" (B, T) padded with -100, "num_target_tokens" (a 0-d tensor, the
     number of labels the loss sees), "num_tokens" (source + target tokens, for throughput), "index" (B,) when
     every example has one, and "target_text" (the raw references BLEU is computed on) when examples carry it.
     """
@@ -429,18 +429,18 @@ class Seq2SeqCollator:
             raise DataError(
                 "every target_ids needs at least 2 tokens ([bos] ... [eos]); tokenize_for_seq2seq adds them"
             )
-        source_ids, source_mask = _pad([{"input_ids": ex["source_ids"]} for ex in examples], self.pad_id)
-        target_in, target_mask = _pad([{"input_ids": t[:-1]} for t in targets], self.pad_id)
+        source_ids, source_padding_mask = _pad([{"input_ids": ex["source_ids"]} for ex in examples], self.pad_id)
+        target_in, target_padding_mask = _pad([{"input_ids": t[:-1]} for t in targets], self.pad_id)
         labels, _ = _pad([{"input_ids": t[1:]} for t in targets], IGNORE_INDEX)
         batch = {
             "source_ids": source_ids,
-            "source_mask": source_mask,
+            "source_padding_mask": source_padding_mask,
             "target_in": target_in,
-            "target_mask": target_mask,
+            "target_padding_mask": target_padding_mask,
             "labels": labels,
-            "num_target_tokens": (~target_mask).sum(),
+            "num_target_tokens": (~target_padding_mask).sum(),
         }
-        batch["num_tokens"] = int((~source_mask).sum() + batch["num_target_tokens"])
+        batch["num_tokens"] = int((~source_padding_mask).sum() + batch["num_target_tokens"])
         if examples and all("index" in ex for ex in examples):
             batch["index"] = torch.tensor([int(ex["index"]) for ex in examples], dtype=torch.long)
         if examples and "target_text" in examples[0]:

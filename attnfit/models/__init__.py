@@ -6,7 +6,7 @@ from attnfit.models.config import AttentionConfig, EncoderConfig, ModelConfig
 from attnfit.models.encoders import build_encoder
 from attnfit.models.finetuning import (
     FinetunePlan,
-    LoadReport,
+    LoadSummary,
     freeze_bottom,
     layer_groups,
     load_pretrained_backbone,
@@ -28,7 +28,7 @@ __all__ = [
     "LMHead",
     "LanguageModel",
     "LoRALinear",
-    "LoadReport",
+    "LoadSummary",
     "ModelConfig",
     "SequenceClassifier",
     "apply_lora",

@@ -109,7 +109,7 @@ def unfreeze_top(layers: list[list[nn.Parameter]], every: int, step: int) -> Non
 
 
 @dataclass
-class LoadReport:
+class LoadSummary:
     """What :func:`load_pretrained_backbone` did, to log once at the start of fine-tuning."""
 
     loaded: list[str]  # model keys copied from the checkpoint
@@ -144,7 +144,9 @@ def _abbreviate(names: list[str], limit: int = 6) -> str:
     return f"{', '.join(names[:limit])}, … ({len(names) - limit} more)"
 
 
-def load_pretrained_backbone(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> LoadReport:
+def load_pretrained_backbone(
+    model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint"
+) -> LoadSummary:
     """Copy every ``backbone.*`` tensor of ``state_dict`` into ``model.backbone``: all of them or none.
 
     ``model`` is anything with a ``.backbone`` (a SequenceClassifier, a LanguageModel). Keys may carry Lightning's
@@ -192,7 +194,7 @@ def load_pretrained_backbone(model: nn.Module, state_dict: dict[str, Tensor], so
         for key, tensor in model.state_dict(keep_vars=True).items()
         if not key.startswith("backbone.") and id(tensor) not in loaded_tensors
     ]
-    return LoadReport(
+    return LoadSummary(
         loaded=loaded,
         initialised=initialised,
         dropped=dropped,

@@ -39,7 +39,8 @@ def seq2seq_config_dict(
     encoder = {**encoder, "causal": False}
     attention = encoder["attention"]  # unset cross-attention settings follow the encoder's attention
     cross = container(task.cross_attention)
-    cross["name"] = cross.get("name") or attention["name"]
+    # An encoder with the sliding window gets Luong's local attention as its cross-attention by default.
+    cross["name"] = cross.get("name") or {"local": "luong_local"}.get(attention["name"], attention["name"])
     if cross.get("score") is None:
         cross["score"] = "dot" if cross["name"] == "self" else (attention.get("score") or "general")
     if cross.get("num_heads") is None:

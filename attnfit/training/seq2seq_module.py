@@ -57,7 +57,7 @@ class Seq2SeqModule(TaskModule):
             self.model.encoder.compile()
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.model(batch["source_ids"], batch["source_mask"], batch["target_in"])[0]
+        return self.model(batch["source_ids"], batch["source_padding_mask"], batch["target_in"])[0]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch)
@@ -69,18 +69,20 @@ class Seq2SeqModule(TaskModule):
 
     # ---- decoding ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, source_ids: Tensor, source_mask: Tensor, beam_size: int | None = None, alignments: bool = False):
+    def generate(
+        self, source_ids: Tensor, source_padding_mask: Tensor, beam_size: int | None = None, alignments: bool = False
+    ):
         """Decoded token ids (and alignments) for a batch; beam size 1 is greedy."""
         beam = int(beam_size or self.decode_cfg["beam_size"])
         common = dict(
             bos_id=self.bos_id, eos_id=self.eos_id, max_len=int(self.decode_cfg["max_len"]), need_alignments=alignments
         )
         if beam == 1:
-            return greedy_decode(self.model, source_ids, source_mask, **common)
+            return greedy_decode(self.model, source_ids, source_padding_mask, **common)
         return beam_search(
             self.model,
             source_ids,
-            source_mask,
+            source_padding_mask,
             beam_size=beam,
             length_penalty=float(self.decode_cfg["length_penalty"]),
             **common,
@@ -107,7 +109,7 @@ class Seq2SeqModule(TaskModule):
         beam = 1 if not self.trainer.testing else None
         if not self.trainer.testing and int(self.decode_cfg["val_beam_size"]) > 1:
             beam = int(self.decode_cfg["val_beam_size"])
-        out = self.generate(batch["source_ids"], batch["source_mask"], beam)
+        out = self.generate(batch["source_ids"], batch["source_padding_mask"], beam)
         self._hypotheses += self.detokenize(out.tokens, out.lengths)
         self._references += batch["target_text"]
 

@@ -436,13 +436,13 @@ def test_collator():
     ]
     batch = Seq2SeqCollator(pad_id=PAD_ID)(examples)
     assert batch["source_ids"].tolist() == [[10, 11, 12, EOS_ID], [13, EOS_ID, PAD_ID, PAD_ID]]
-    assert batch["source_mask"].tolist() == [[False] * 4, [False, False, True, True]]
+    assert batch["source_padding_mask"].tolist() == [[False] * 4, [False, False, True, True]]
     assert batch["target_in"].tolist() == [[BOS_ID, 20, 21, PAD_ID, PAD_ID], [BOS_ID, 22, 23, 24, 25]]
     assert batch["labels"].tolist() == [[20, 21, EOS_ID, IGNORE_INDEX, IGNORE_INDEX], [22, 23, 24, 25, EOS_ID]]
-    assert batch["target_mask"].tolist() == [[False] * 3 + [True] * 2, [False] * 5]
+    assert batch["target_padding_mask"].tolist() == [[False] * 3 + [True] * 2, [False] * 5]
     assert int(batch["num_target_tokens"]) == 8 and batch["index"].tolist() == [7, 2]
     assert all(batch[k].dtype == torch.long for k in ("source_ids", "target_in", "labels"))
-    assert batch["source_mask"].dtype == torch.bool
+    assert batch["source_padding_mask"].dtype == torch.bool
     with pytest.raises(DataError, match="at least 2"):
         Seq2SeqCollator(PAD_ID)([{"source_ids": [5], "target_ids": [BOS_ID]}])
 

@@ -59,7 +59,7 @@ def _padding(B: int, T: int) -> torch.Tensor:
 
 
 def _check(module, score, x, memory, pad, causal, window):
-    out, w = module(x, memory, key_padding_mask=pad, causal=causal, need_weights=True)
+    out, w = module(x, memory, padding_mask=pad, causal=causal, need_weights=True)
     ref_out, ref_w = naive_attention(module, score, x, memory, pad, causal, window)
     valid = ~pad if x.shape[1] == memory.shape[1] else torch.ones(x.shape[:2], dtype=torch.bool)
     torch.testing.assert_close(out[valid].double(), ref_out[valid], atol=1e-5, rtol=1e-4)
@@ -67,7 +67,7 @@ def _check(module, score, x, memory, pad, causal, window):
         w.permute(0, 2, 1, 3)[valid].double(), ref_w.permute(0, 2, 1, 3)[valid], atol=1e-5, rtol=1e-4
     )
     # The fused path (no weights requested) must give the same outputs.
-    fast, none = module(x, memory, key_padding_mask=pad, causal=causal)
+    fast, none = module(x, memory, padding_mask=pad, causal=causal)
     assert none is None
     torch.testing.assert_close(fast[valid], out[valid], atol=1e-5, rtol=1e-4)
 
@@ -151,7 +151,7 @@ def test_local_attention_never_allocates_n_by_n(causal):
     pad = torch.zeros(1, n, dtype=torch.bool)
     pad[0, -5:] = True
     with _MaxNumel() as probe:
-        out, _ = module(x, key_padding_mask=pad, causal=causal)
+        out, _ = module(x, padding_mask=pad, causal=causal)
         out.sum().backward()
     assert probe.largest < n * n / 20, f"largest tensor has {probe.largest} elements; n² = {n * n}"
     assert probe.largest <= n * 3 * window * 16  # the blocked (n, 3w, d) key windows
@@ -176,7 +176,7 @@ def test_padding_queries_stay_finite():
     x = torch.randn(1, 10, 8, requires_grad=True)
     pad = torch.zeros(1, 10, dtype=torch.bool)
     pad[0, 3:] = True  # queries 6..9 see only padding inside their window
-    out, _ = module(x, key_padding_mask=pad)
+    out, _ = module(x, padding_mask=pad)
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
 

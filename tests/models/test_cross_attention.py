@@ -91,11 +91,11 @@ def _inputs(Tq: int = 6, seed: int = 0):
 
 
 def _assert_matches(module, score, mode, x, memory, pad, query_offset=0):
-    out, w = module(x, memory, key_padding_mask=pad, need_weights=True, query_offset=query_offset)
+    out, w = module(x, memory, padding_mask=pad, need_weights=True, query_offset=query_offset)
     ref_out, ref_w = naive_cross(module, score, mode, x, memory, pad, query_offset)
     torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(w, ref_w, atol=1e-10, rtol=1e-10)
-    fast, none = module(x, memory, key_padding_mask=pad, query_offset=query_offset)
+    fast, none = module(x, memory, padding_mask=pad, query_offset=query_offset)
     assert none is None
     torch.testing.assert_close(fast, out, atol=1e-12, rtol=1e-12)
     return w
@@ -115,7 +115,7 @@ def test_luong_local_matches_reference(mode, score, heads):
         _assert_matches(module, score, mode, x, memory, None, query_offset=2)
     else:
         assert (w.sum(-1) < 1).all()  # not renormalised after the Gaussian
-        _, w4 = module(x, memory, key_padding_mask=_padding(), need_weights=True, query_offset=4)
+        _, w4 = module(x, memory, padding_mask=_padding(), need_weights=True, query_offset=4)
         torch.testing.assert_close(w4, w, atol=0, rtol=0)  # local-p ignores the offset
 
 
@@ -123,7 +123,7 @@ def test_local_m_window_and_clamping():
     module = _module("m", "general", 1)
     x, memory = _inputs(Tq=5)
     pad = _padding()
-    _, w = module(x, memory, key_padding_mask=pad, need_weights=True, query_offset=3)
+    _, w = module(x, memory, padding_mask=pad, need_weights=True, query_offset=3)
     for b, t in itertools.product(range(len(LENGTHS)), range(5)):
         p = min(3 + t, LENGTHS[b] - 1)
         support = set(torch.nonzero(w[b, 0, t]).flatten().tolist())
@@ -135,7 +135,7 @@ def test_local_p_gaussian_explicitly(score):
     module = _module("p", score, 2, seed=3)
     x, memory = _inputs(seed=3)
     pad = _padding()
-    _, w = module(x, memory, key_padding_mask=pad, need_weights=True)
+    _, w = module(x, memory, padding_mask=pad, need_weights=True)
     q, (k, _) = module._split(module.q_proj(x)), module.project_kv(memory)
     p = module.aligned_positions(q, torch.tensor(LENGTHS))  # (B, H, Tq)
     assert ((p >= 0) & (p <= torch.tensor(LENGTHS, dtype=p.dtype)[:, None, None])).all()
@@ -168,7 +168,7 @@ def test_self_cross_attention_matches_reference():
 
 
 @pytest.mark.parametrize(
-    ("kind", "mode"), [("global", "p"), ("self", "p"), ("local", "p"), ("local", "m")], ids=lambda v: str(v)
+    ("kind", "mode"), [("global", "p"), ("self", "p"), ("luong_local", "p"), ("luong_local", "m")], ids=lambda v: str(v)
 )
 def test_kv_path_equals_normal_path(kind, mode):
     torch.manual_seed(5)
@@ -176,14 +176,14 @@ def test_kv_path_equals_normal_path(kind, mode):
     module = build_cross_attention(kind, DIM, 2, score=score, window=WINDOW, local_mode=mode).double().eval()
     x, memory = _inputs()
     pad = _padding()
-    out, w = module(x, memory, key_padding_mask=pad, need_weights=True, query_offset=1)
+    out, w = module(x, memory, padding_mask=pad, need_weights=True, query_offset=1)
     kv = module.project_kv(memory)
-    cached, cached_w = module(x, key_padding_mask=pad, need_weights=True, kv=kv, query_offset=1)
+    cached, cached_w = module(x, padding_mask=pad, need_weights=True, kv=kv, query_offset=1)
     torch.testing.assert_close(cached, out, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(cached_w, w, atol=1e-12, rtol=1e-12)
     # Step-by-step decoding (one query at a time, absolute position as offset) equals the full target at once.
     for t in range(x.shape[1]):
-        step, _ = module(x[:, t : t + 1], torch.randn(1), key_padding_mask=pad, kv=kv, query_offset=1 + t)
+        step, _ = module(x[:, t : t + 1], torch.randn(1), padding_mask=pad, kv=kv, query_offset=1 + t)
         torch.testing.assert_close(step[:, 0], out[:, t], atol=1e-12, rtol=1e-12)
 
 
@@ -218,7 +218,7 @@ def test_luong_local_stays_finite_with_gradients(mode):
     x, memory = torch.randn(2, 5, DIM, requires_grad=True), torch.randn(2, 4, DIM, requires_grad=True)
     pad = torch.zeros(2, 4, dtype=torch.bool)
     pad[1] = True  # an all-padding source: every window is empty
-    out, w = module(x, memory, key_padding_mask=pad, need_weights=True)
+    out, w = module(x, memory, padding_mask=pad, need_weights=True)
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all() and torch.isfinite(memory.grad).all()
     assert w[1].abs().max() == 0
@@ -227,9 +227,9 @@ def test_luong_local_stays_finite_with_gradients(mode):
 
 
 def test_builder_types():
-    assert CROSS_ATTENTION_TYPES == ("global", "local", "self") and LOCAL_MODES == ("m", "p")
+    assert CROSS_ATTENTION_TYPES == ("global", "luong_local", "self") and LOCAL_MODES == ("m", "p")
     assert isinstance(build_cross_attention("global", DIM, score="concat"), GlobalAttention)
-    local = build_cross_attention("local", DIM, 2, score="dot", window=3, local_mode="m")
+    local = build_cross_attention("luong_local", DIM, 2, score="dot", window=3, local_mode="m")
     assert isinstance(local, LuongLocalAttention) and (local.mode, local.window, local.score_name) == ("m", 3, "dot")
     assert isinstance(build_cross_attention("self", DIM, score="dot"), SelfAttention)
 
@@ -238,11 +238,11 @@ def test_bad_cross_attention_arguments_are_named():
     with pytest.raises(ConfigError, match="unknown attention.local_mode 'q'; valid choices: m, p"):
         LuongLocalAttention(DIM, mode="q")
     with pytest.raises(ConfigError, match="unknown attention.local_mode 'mp'"):
-        build_cross_attention("local", DIM, local_mode="mp")
+        build_cross_attention("luong_local", DIM, local_mode="mp")
     with pytest.raises(ConfigError, match="attention.window=0 must be ≥ 1"):
-        build_cross_attention("local", DIM, window=0)
-    with pytest.raises(ConfigError, match="unknown attention 'lokal'.*did you mean 'local'"):
-        build_cross_attention("lokal", DIM)
+        build_cross_attention("luong_local", DIM, window=0)
+    with pytest.raises(ConfigError, match="unknown attention 'luong_lokal'.*did you mean 'luong_local'"):
+        build_cross_attention("luong_lokal", DIM)
     with pytest.raises(ConfigError, match="attention=self always uses scaled dot-product.*'general'"):
         build_cross_attention("self", DIM)  # the default score is general
     with pytest.raises(ConfigError, match="attention.score 'bilinear'"):

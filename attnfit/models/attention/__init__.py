@@ -12,7 +12,7 @@ from attnfit.models.attention.scores import SCORES
 from attnfit.models.attention.self_attention import SelfAttention
 
 ATTENTION_TYPES = ("global", "local", "self")
-CROSS_ATTENTION_TYPES = ("global", "local", "self")
+CROSS_ATTENTION_TYPES = ("global", "luong_local", "self")  # luong_local: local-m/p, not the sliding window
 
 
 def build_attention(
@@ -36,12 +36,12 @@ def build_cross_attention(
     local_mode: str = "p",
     dropout: float = 0.0,
 ) -> MultiHeadAttention:
-    """Build a decoder-to-source attention: ``global`` (any score), ``local`` (Luong local-m/p) or ``self`` (SDPA)."""
+    """Build a decoder-to-source attention: ``global`` (any score), ``luong_local`` (Luong local-m/p) or ``self``."""
     check_choice("attention", kind, CROSS_ATTENTION_TYPES)
     check_choice("attention.score", score, SCORES)
     if kind == "global":
         return GlobalAttention(dim, num_heads, score, dropout)
-    if kind == "local":
+    if kind == "luong_local":
         return LuongLocalAttention(dim, num_heads, window, score, local_mode, dropout)
     if score != "dot":
         raise ConfigError(

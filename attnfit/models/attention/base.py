@@ -1,10 +1,10 @@
 """The one attention interface every attention type implements.
 
-``forward(query, key=None, value=None, key_padding_mask=None, causal=False, need_weights=False, kv=None,
+``forward(query, key=None, value=None, padding_mask=None, causal=False, need_weights=False, kv=None,
 query_offset=0)``
 
 - ``query (B, Tq, D)``; ``key``/``value (B, Tk, D)`` default to ``query`` (self-attention).
-- ``key_padding_mask (B, Tk)`` bool, True at padding (PyTorch's convention).
+- ``padding_mask (B, Tk)`` bool, True at padding (PyTorch's convention).
 - ``causal``: query ``i`` sees keys up to its own position. With ``Tq < Tk`` (incremental decoding) queries
   are aligned to the *last* ``Tq`` keys.
 - ``kv``: keys and values already projected and split into heads, each ``(B, H, Tk, d)`` (from
@@ -50,7 +50,7 @@ class MultiHeadAttention(nn.Module):
         query: Tensor,
         key: Tensor | None = None,
         value: Tensor | None = None,
-        key_padding_mask: Tensor | None = None,
+        padding_mask: Tensor | None = None,
         causal: bool = False,
         need_weights: bool = False,
         kv: tuple[Tensor, Tensor] | None = None,
@@ -62,7 +62,7 @@ class MultiHeadAttention(nn.Module):
             k, v = self.project_kv(key, value)  # (B, H, Tk, d)
         else:
             k, v = kv
-        context, weights = self.attend(q, k, v, key_padding_mask, causal, need_weights, query_offset)  # (B, H, Tq, d)
+        context, weights = self.attend(q, k, v, padding_mask, causal, need_weights, query_offset)  # (B, H, Tq, d)
         context = context.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)
         return self.out_proj(context), weights
 
@@ -71,7 +71,7 @@ class MultiHeadAttention(nn.Module):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        key_padding_mask: Tensor | None,
+        padding_mask: Tensor | None,
         causal: bool,
         need_weights: bool,
         query_offset: int = 0,
@@ -81,7 +81,7 @@ class MultiHeadAttention(nn.Module):
 
 
 def blocked_positions(
-    key_padding_mask: Tensor | None, causal: bool, tq: int, tk: int, device: torch.device
+    padding_mask: Tensor | None, causal: bool, tq: int, tk: int, device: torch.device
 ) -> Tensor | None:
     """Bool mask broadcastable to ``(B, H, Tq, Tk)``: True where a query must not look."""
     mask = None
@@ -89,8 +89,8 @@ def blocked_positions(
         offset = tk - tq  # queries are the last tq positions
         q_pos = torch.arange(tq, device=device)[:, None] + offset
         mask = torch.arange(tk, device=device)[None, :] > q_pos  # (Tq, Tk)
-    if key_padding_mask is not None:
-        pad = key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+    if padding_mask is not None:
+        pad = padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
         mask = pad if mask is None else (mask | pad)
     return mask
 

@@ -19,8 +19,8 @@ class GlobalAttention(MultiHeadAttention):
         self.score_name = score
         self.score = SCORES[score](num_heads, self.head_dim)
 
-    def attend(self, q, k, v, key_padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
+    def attend(self, q, k, v, padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
         scores = self.score(q, k)  # (B, H, Tq, Tk)
-        weights = masked_softmax(scores, blocked_positions(key_padding_mask, causal, q.shape[2], k.shape[2], q.device))
+        weights = masked_softmax(scores, blocked_positions(padding_mask, causal, q.shape[2], k.shape[2], q.device))
         context = F.dropout(weights, self.dropout, self.training) @ v  # (B, H, Tq, d)
         return context, weights if need_weights else None

@@ -37,7 +37,7 @@ class LocalAttention(MultiHeadAttention):
         self.window, self.score_name = window, score
         self.score = SCORES[score](num_heads, self.head_dim)
 
-    def attend(self, q, k, v, key_padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
+    def attend(self, q, k, v, padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
         B, H, T, d = q.shape
         if k.shape[2] != T:
             raise ValueError("local attention needs queries and keys of the same length (self-attention)")
@@ -52,8 +52,8 @@ class LocalAttention(MultiHeadAttention):
         rel = torch.arange(kw.shape[3], device=q.device)[None, :] - b - torch.arange(b, device=q.device)[:, None]
         band = (rel <= 0) & (rel >= -b) if causal else rel.abs() <= b  # (b, 3b)
         valid = torch.ones(B, T, dtype=torch.bool, device=q.device)
-        if key_padding_mask is not None:
-            valid = ~key_padding_mask
+        if padding_mask is not None:
+            valid = ~padding_mask
         valid = _windows(F.pad(valid, (b, extra + b)).view(B, 1, nb + 2, b), causal)  # (B, 1, nb, 3b)
         blocked = ~(band & valid[:, :, :, None, :])  # (B, 1, nb, b, 3b)
 

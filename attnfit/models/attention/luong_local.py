@@ -66,13 +66,13 @@ class LuongLocalAttention(MultiHeadAttention):
         hidden = torch.tanh(torch.einsum("bhtd,hed->bhte", q, self.w_p))  # tanh(W_p h_t), (B, H, Tq, d)
         return lengths * torch.sigmoid((hidden * self.v_p[None, :, None, :]).sum(-1).to(dtype))  # (B, H, Tq)
 
-    def attend(self, q, k, v, key_padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
+    def attend(self, q, k, v, padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
         if causal:
             raise ValueError("Luong local attention is cross-attention to the source: causal=True is not supported")
         B, S = k.shape[0], k.shape[2]
         valid = torch.ones(B, S, dtype=torch.bool, device=q.device)
-        if key_padding_mask is not None:
-            valid = ~key_padding_mask
+        if padding_mask is not None:
+            valid = ~padding_mask
         p = self.aligned_positions(q, valid.sum(-1), query_offset)  # (B, H | 1, Tq)
         distance = torch.arange(S, device=q.device, dtype=p.dtype) - p[..., None]  # s - p_t, (B, H | 1, Tq, S)
         blocked = (distance.abs() > self.window) | ~valid[:, None, None, :]

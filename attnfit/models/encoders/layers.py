@@ -28,7 +28,7 @@ class TransformerLayer(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None, causal: bool, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         h = self.attn_norm(x)
-        context, weights = self.attention(h, key_padding_mask=padding_mask, causal=causal, need_weights=need_weights)
+        context, weights = self.attention(h, padding_mask=padding_mask, causal=causal, need_weights=need_weights)
         x = x + self.dropout(context)
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return x, weights

@@ -36,13 +36,18 @@ class DecoderConfig:
 
 @dataclass
 class CrossAttentionConfig:
-    name: str = "global"  # global (Luong/Bahdanau) | local (Luong local-m/p) | self (scaled dot-product)
+    name: str = "global"  # global (Luong/Bahdanau) | luong_local (Luong local-m/p) | self (scaled dot-product)
     score: str = "general"  # global/local: dot | general | concat; self is always dot (the default is replaced)
     window: int = 8  # local: D, the window is [p_t - D, p_t + D]
     local_mode: str = "p"  # local: m (monotonic, p_t = t) | p (predictive)
     num_heads: int = 1
 
     def __post_init__(self) -> None:
+        if self.name == "local":  # renamed: "local" is the encoders' sliding window (attention=local)
+            raise ConfigError(
+                "task.cross_attention.name=local is now luong_local (Luong's local-m/p attention, with "
+                "task.cross_attention.local_mode=m|p); attention=local is the encoders' sliding window"
+            )
         check_choice("cross_attention", self.name, CROSS_ATTENTION_TYPES)
         check_choice("cross_attention.score", self.score, SCORES)
         check_choice("cross_attention.local_mode", self.local_mode, LOCAL_MODES)
@@ -51,7 +56,7 @@ class CrossAttentionConfig:
         if self.name == "self" and self.score != "dot":
             raise ConfigError(
                 f"cross_attention=self always uses scaled dot-product scores, not cross_attention.score="
-                f"{self.score!r}; use cross_attention=global or cross_attention=local for '{self.score}' scores"
+                f"{self.score!r}; use cross_attention=global or cross_attention=luong_local for '{self.score}' scores"
             )
         _at_least("cross_attention.window", self.window, 1)
         _at_least("cross_attention.num_heads", self.num_heads, 1)

@@ -1,7 +1,7 @@
 """Attentional decoders behind one interface, with incremental states for step-by-step decoding.
 
-``init_state(memory, memory_mask) -> state`` and
-``forward(tgt_emb (B, T, D), memory (B, S, D), memory_mask (B, S) True=pad, state=None, need_weights=False)
+``init_state(memory, source_padding_mask) -> state`` and
+``forward(tgt_emb (B, T, D), memory (B, S, D), source_padding_mask (B, S) True=pad, state=None, need_weights=False)
 -> (out (B, T, D), cross_weights (B, H, T, S) of the last layer or None, new_state)``.
 
 Without a state ``forward`` starts from :meth:`init_state` (teacher forcing). With one it consumes only the new
@@ -56,11 +56,11 @@ def reorder_state(state: S, index: Tensor) -> S:
     )
 
 
-def _masked_mean(memory: Tensor, memory_mask: Tensor | None) -> Tensor:
+def _masked_mean(memory: Tensor, source_padding_mask: Tensor | None) -> Tensor:
     """Mean over non-padding source positions: ``(B, S, D) -> (B, D)``."""
-    if memory_mask is None:
+    if source_padding_mask is None:
         return memory.mean(1)
-    keep = (~memory_mask).unsqueeze(-1).to(memory.dtype)  # (B, S, 1)
+    keep = (~source_padding_mask).unsqueeze(-1).to(memory.dtype)  # (B, S, 1)
     return (memory * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
@@ -88,16 +88,16 @@ class RNNDecoder(nn.Module):
         self.combine = nn.Linear(2 * dim, dim, bias=False)  # W_c
         self.dropout = nn.Dropout(dropout)
 
-    def init_state(self, memory: Tensor, memory_mask: Tensor | None) -> RNNState:
-        start = torch.tanh(self.bridge(_masked_mean(memory, memory_mask)))  # (B, D)
+    def init_state(self, memory: Tensor, source_padding_mask: Tensor | None) -> RNNState:
+        start = torch.tanh(self.bridge(_masked_mean(memory, source_padding_mask)))  # (B, D)
         hidden = start[:, None].expand(-1, self.num_layers, -1).contiguous()  # (B, L, D)
         cell = torch.zeros_like(hidden) if isinstance(self.rnn, nn.LSTM) else None
         return RNNState(hidden, cell, torch.zeros_like(start), self.attention.project_kv(memory), 0)
 
-    def _attend(self, h: Tensor, memory_mask: Tensor | None, state: RNNState, offset: int, need_weights: bool):
+    def _attend(self, h: Tensor, source_padding_mask: Tensor | None, state: RNNState, offset: int, need_weights: bool):
         """``h (B, T, D) -> h̃ (B, T, D)``, cross weights ``(B, H, T, S)`` or None."""
         context, weights = self.attention(
-            h, key_padding_mask=memory_mask, kv=state.memory_kv, query_offset=offset, need_weights=need_weights
+            h, padding_mask=source_padding_mask, kv=state.memory_kv, query_offset=offset, need_weights=need_weights
         )
         return self.dropout(torch.tanh(self.combine(torch.cat([context, h], -1)))), weights
 
@@ -105,23 +105,23 @@ class RNNDecoder(nn.Module):
         self,
         tgt_emb: Tensor,
         memory: Tensor,
-        memory_mask: Tensor | None,
+        source_padding_mask: Tensor | None,
         state: RNNState | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None, RNNState]:
         if state is None:
-            state = self.init_state(memory, memory_mask)
+            state = self.init_state(memory, source_padding_mask)
         hx = state.hidden.transpose(0, 1).contiguous()  # (L, B, D)
         if state.cell is not None:
             hx = (hx, state.cell.transpose(0, 1).contiguous())
         if not self.input_feeding:
             h, hx = self.rnn(tgt_emb, hx)  # (B, T, D)
-            out, weights = self._attend(h, memory_mask, state, state.step, need_weights)
+            out, weights = self._attend(h, source_padding_mask, state, state.step, need_weights)
         else:
             feed, outs, maps = state.feed, [], []
             for t in range(tgt_emb.shape[1]):
                 h, hx = self.rnn(torch.cat([tgt_emb[:, t : t + 1], feed[:, None]], -1), hx)  # (B, 1, D)
-                out_t, weights_t = self._attend(h, memory_mask, state, state.step + t, need_weights)
+                out_t, weights_t = self._attend(h, source_padding_mask, state, state.step + t, need_weights)
                 feed = out_t[:, 0]
                 outs.append(out_t)
                 maps.append(weights_t)
@@ -151,7 +151,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        memory_mask: Tensor | None,
+        source_padding_mask: Tensor | None,
         self_kv: tuple[Tensor, Tensor],
         memory_kv: tuple[Tensor, Tensor],
         offset: int,
@@ -163,7 +163,7 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.self_attention(h, causal=True, kv=(k, v))[0])
         context, weights = self.cross_attention(
             self.cross_norm(x),
-            key_padding_mask=memory_mask,
+            padding_mask=source_padding_mask,
             kv=memory_kv,
             query_offset=offset,
             need_weights=need_weights,
@@ -181,7 +181,7 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(dim)
 
-    def init_state(self, memory: Tensor, memory_mask: Tensor | None) -> TransformerState:
+    def init_state(self, memory: Tensor, source_padding_mask: Tensor | None) -> TransformerState:
         empty = []
         for layer in self.layers:
             attn = layer.self_attention
@@ -194,17 +194,17 @@ class TransformerDecoder(nn.Module):
         self,
         tgt_emb: Tensor,
         memory: Tensor,
-        memory_mask: Tensor | None,
+        source_padding_mask: Tensor | None,
         state: TransformerState | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None, TransformerState]:
         if state is None:
-            state = self.init_state(memory, memory_mask)
+            state = self.init_state(memory, source_padding_mask)
         x, self_kv, weights = tgt_emb, [], None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x, weights, kv = layer(
-                x, memory_mask, state.self_kv[i], state.memory_kv[i], state.step, need_weights and i == last
+                x, source_padding_mask, state.self_kv[i], state.memory_kv[i], state.step, need_weights and i == last
             )
             self_kv.append(kv)
         new_state = TransformerState(self_kv, state.memory_kv, state.step + tgt_emb.shape[1])

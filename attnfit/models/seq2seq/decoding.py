@@ -39,21 +39,21 @@ def _finish(tokens: Tensor, scores: Tensor, alignments: Tensor | None, eos_id: i
 
 
 def _start(
-    model: Seq2SeqModel, src_ids: Tensor, src_mask: Tensor | None, bos_id: int, max_len: int
+    model: Seq2SeqModel, src_ids: Tensor, source_padding_mask: Tensor | None, bos_id: int, max_len: int
 ) -> tuple[Tensor, RNNState | TransformerState, Tensor]:
     """Memory ``(B, S, D)``, the initial decoder state and the BOS column ``(B, 1)``."""
     limit = model.config.max_target_len
     if max_len > limit:
         raise ValueError(f"max_len={max_len} exceeds the model's max_target_len={limit}")
-    memory = model.encode(src_ids, src_mask)  # (B, S, D)
-    return memory, model.init_state(memory, src_mask), src_ids.new_full((src_ids.shape[0], 1), bos_id)
+    memory = model.encode(src_ids, source_padding_mask)  # (B, S, D)
+    return memory, model.init_state(memory, source_padding_mask), src_ids.new_full((src_ids.shape[0], 1), bos_id)
 
 
 @torch.no_grad()
 def greedy_decode(
     model: Seq2SeqModel,
     src_ids: Tensor,
-    src_mask: Tensor | None,
+    source_padding_mask: Tensor | None,
     bos_id: int,
     eos_id: int,
     max_len: int,
@@ -61,13 +61,13 @@ def greedy_decode(
 ) -> DecodeOutput:
     """Most likely next token at every step, all sentences at once; stops when every sentence has emitted EOS."""
     pad_id = model.config.pad_id
-    memory, state, prev = _start(model, src_ids, src_mask, bos_id, max_len)
+    memory, state, prev = _start(model, src_ids, source_padding_mask, bos_id, max_len)
     B = src_ids.shape[0]
     finished = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
     scores = torch.zeros(B, dtype=torch.float64, device=src_ids.device)
     tokens, maps = [], []
     for _ in range(max_len):
-        logits, weights, state = model.decode_step(prev, memory, src_mask, state, need_alignments)
+        logits, weights, state = model.decode_step(prev, memory, source_padding_mask, state, need_alignments)
         logp = torch.log_softmax(logits[:, -1].float(), -1)  # (B, V)
         next_id = logp.argmax(-1)  # (B,)
         scores += logp.gather(1, next_id[:, None])[:, 0].double().masked_fill(finished, 0.0)
@@ -88,7 +88,7 @@ def greedy_decode(
 def beam_search(
     model: Seq2SeqModel,
     src_ids: Tensor,
-    src_mask: Tensor | None,
+    source_padding_mask: Tensor | None,
     bos_id: int,
     eos_id: int,
     max_len: int,
@@ -108,11 +108,11 @@ def beam_search(
     if beam_size < 1:
         raise ValueError(f"beam_size={beam_size} must be ≥ 1")
     pad_id, K = model.config.pad_id, beam_size
-    memory, state, _ = _start(model, src_ids, src_mask, bos_id, max_len)
+    memory, state, _ = _start(model, src_ids, source_padding_mask, bos_id, max_len)
     B, device = src_ids.shape[0], src_ids.device
     expand = torch.arange(B, device=device).repeat_interleave(K)  # row b·K + k is beam k of sentence b
     memory = memory.index_select(0, expand)
-    mask = None if src_mask is None else src_mask.index_select(0, expand)
+    mask = None if source_padding_mask is None else source_padding_mask.index_select(0, expand)
     state = reorder_state(state, expand)
 
     scores = torch.full((B, K), float("-inf"), dtype=torch.float64, device=device)

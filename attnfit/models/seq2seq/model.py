@@ -50,34 +50,34 @@ class Seq2SeqModel(nn.Module):
         """The source encoder under the name :func:`~attnfit.models.finetuning.load_pretrained_backbone` uses."""
         return self.encoder
 
-    def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        """``src_ids (B, S)``, ``src_mask (B, S)`` True at padding -> memory ``(B, S, D)``."""
-        return self.encoder(src_ids, src_mask)[0]
+    def encode(self, src_ids: Tensor, source_padding_mask: Tensor | None = None) -> Tensor:
+        """``src_ids (B, S)``, ``source_padding_mask (B, S)`` True at padding -> memory ``(B, S, D)``."""
+        return self.encoder(src_ids, source_padding_mask)[0]
 
     def forward(
-        self, src_ids: Tensor, src_mask: Tensor | None, tgt_in_ids: Tensor, need_weights: bool = False
+        self, src_ids: Tensor, source_padding_mask: Tensor | None, tgt_in_ids: Tensor, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """Teacher forcing: logits ``(B, T, V)`` and the last layer's cross weights ``(B, H, T, S)`` if asked."""
-        memory = self.encode(src_ids, src_mask)
-        out, weights, _ = self.decoder(self.tgt_embeddings(tgt_in_ids), memory, src_mask, None, need_weights)
+        memory = self.encode(src_ids, source_padding_mask)
+        out, weights, _ = self.decoder(self.tgt_embeddings(tgt_in_ids), memory, source_padding_mask, None, need_weights)
         return self.output(out), weights
 
-    def init_state(self, memory: Tensor, memory_mask: Tensor | None) -> RNNState | TransformerState:
-        return self.decoder.init_state(memory, memory_mask)
+    def init_state(self, memory: Tensor, source_padding_mask: Tensor | None) -> RNNState | TransformerState:
+        return self.decoder.init_state(memory, source_padding_mask)
 
     def decode_step(
         self,
         tgt_ids_new: Tensor,
         memory: Tensor,
-        memory_mask: Tensor | None,
+        source_padding_mask: Tensor | None,
         state: RNNState | TransformerState | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None, RNNState | TransformerState]:
         """Continue decoding with ``tgt_ids_new (B, t')``: logits ``(B, t', V)``, cross weights, the new state."""
         if state is None:
-            state = self.init_state(memory, memory_mask)
+            state = self.init_state(memory, source_padding_mask)
         x = self.tgt_embeddings(tgt_ids_new, offset=state.step)
-        out, weights, state = self.decoder(x, memory, memory_mask, state, need_weights)
+        out, weights, state = self.decoder(x, memory, source_padding_mask, state, need_weights)
         return self.output(out), weights, state
 
     def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
