@@ -15,7 +15,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import CheckpointError, ConfigError
-from attnfit.pretrained import load_artifact
+from attnfit.pretrained import Artifact, load_artifact
 from attnfit.recipes.common import (
     build_trainer,
     check_common,
@@ -75,6 +75,9 @@ def run(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | N
             prepared.facts["unigram_baseline"],
         )
 
+    adapt_steps = int(OmegaConf.select(cfg, "finetune.adapt_steps", default=0) or 0)
+    if pretrained is not None and adapt_steps > 0 and resume is None:
+        pretrained = adapt(cfg, pretrained, prepared, adapt_steps)
     batches = math.ceil(prepared.num_train / int(cfg.data.batch_size))
     module = task.build_module(cfg, prepared, total_training_steps(cfg.trainer, batches), pretrained)
     if resume is not None and resume.record.model_config != module.record.model_config:
@@ -101,6 +104,43 @@ def run(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | N
         log_final_hparams(trainer, cfg, metrics)
         summarise(cfg, task, metrics, module, prepared, trainer)
     return metrics.get(cfg.optimized_metric)
+
+
+def adapt(cfg: DictConfig, pretrained: Artifact, prepared: Prepared, steps: int) -> Artifact:
+    """Domain-adaptive pretraining (ULMFiT's second stage): continue ``pretrained``'s own objective for ``steps``
+    on this task's training text, with its tokenizer, in ``RUN_DIR/adapt``; returns the adapted model."""
+    if prepared.texts is None or not get_task(pretrained.task).is_pretraining:
+        raise ConfigError(
+            f"finetune.adapt_steps={steps} continues a pretrained language model on task={cfg.task.name}'s text; "
+            f"{pretrained.source} is a {pretrained.task} model{'' if prepared.texts else ' and the task has no text'}"
+        )
+    if not pretrained.run_config:
+        raise ConfigError(f"{pretrained.source} does not record its pretraining config; finetune.adapt_steps needs it")
+    adapt_dir = Path(cfg.paths.output_dir) / "adapt"
+    adapt_dir.mkdir(parents=True, exist_ok=True)
+    corpus = adapt_dir / "train.txt"
+    if is_rank_zero():
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.writelines(" ".join(text.split()) + "\n" for text in prepared.texts() if text and text.strip())
+    lm = OmegaConf.create(pretrained.run_config)
+    OmegaConf.set_struct(lm, False)
+    lm.data = {
+        **{k: v for k, v in (lm.get("data") or {}).items() if k in ("seq_len", "batch_size", "packing", "num_workers")},
+        "source": "files", "train": str(corpus), "format": "text", "val_fraction": 0.05, "shuffle": True,
+    }  # fmt: skip
+    lm.data.seq_len = min(int(lm.data.get("seq_len", 128)), int(pretrained.model_config["max_len"]))
+    lm.pretrained, lm.ckpt_path, lm.seed = str(pretrained.source), None, int(cfg.seed)
+    lm.paths = {**OmegaConf.to_container(cfg.paths, resolve=True), "output_dir": str(adapt_dir)}
+    lm.trainer.max_steps = steps
+    lm.trainer.val_check_interval = min(steps, int(lm.trainer.get("val_check_interval") or steps))
+    lm.callbacks.progress_bar = cfg.callbacks.progress_bar  # the pretraining run's own callbacks otherwise
+    if OmegaConf.select(cfg, "finetune.adapt_lr") is not None:
+        lm.optimizer.lr = float(cfg.finetune.adapt_lr)
+    log.info("domain adaptation: %d %s steps on %s (tokenizer kept) into %s", steps, pretrained.task, corpus, adapt_dir)
+    run(lm)
+    adapted = load_artifact(adapt_dir)
+    log.info("domain adaptation done: fine-tuning starts from %s", adapted.source)
+    return adapted
 
 
 def describe(cfg: DictConfig, module: L.LightningModule) -> str:

@@ -13,6 +13,7 @@ from attnfit.tasks.base import Prepared, Task
 TASKS: dict[str, str] = {
     "mlm": "attnfit.tasks.language_modeling:MaskedLM",
     "clm": "attnfit.tasks.language_modeling:CausalLM",
+    "electra": "attnfit.tasks.electra:Electra",
     "classification": "attnfit.tasks.classification:Classification",
     "seq2seq": "attnfit.tasks.seq2seq:Seq2Seq",
     "qa": "attnfit.tasks.qa:QuestionAnswering",

@@ -8,7 +8,7 @@ resume, Trainer, checkpoints, metrics files, status) is the run sequence's (``at
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ class Prepared:
     facts: dict[str, float] = field(default_factory=dict)  # written to metrics.json (e.g. a baseline)
     extra: Any = None  # task-private (examples for heat maps, raw validation contexts, …)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per preparation step (load, tokenize, …)
+    texts: Callable[[], Iterator[str]] | None = None  # the training split's unlabelled text (domain adaptation)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from torch import nn
 from attnfit.errors import ConfigError
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
 from attnfit.recipes.common import container, run_config
+from attnfit.tasks import get_task
 from attnfit.tasks.base import Prepared, Task
 
 log = logging.getLogger("attnfit")
@@ -109,7 +110,8 @@ class Classification(Task):
     def check(self, cfg: DictConfig, pretrained: Artifact | None) -> None:
         if int(cfg.data.seq_len) < 3:
             raise ConfigError(f"data.seq_len={cfg.data.seq_len} must be ≥ 3 (<cls>, one token, <eos>)")
-        if pretrained is not None and pretrained.task not in ("mlm", "clm", "classification"):
+        continues = pretrained is None or pretrained.task == self.name or get_task(pretrained.task).is_pretraining
+        if not continues:
             raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; fine-tune a language model instead")
         check_backbone(cfg, pretrained, int(cfg.data.seq_len))
         check_finetune_options(cfg)
@@ -146,12 +148,13 @@ class Classification(Task):
             cache_dir=cache_dir / "datasets",
             embedded_dir=cache_dir / "embedded-classification",
         )
-        if tokenizers is not None:
-            tokenizer = tokenizers[0]
-        else:
-            train = splits["train"]
-            columns = [c for c in ("text", "text_pair") if c in train.column_names]
-            tokenizer = task_tokenizer(cfg, lambda: (row[c] for row in train for c in columns), train._fingerprint)
+        train = splits["train"]
+        columns = [c for c in ("text", "text_pair") if c in train.column_names]
+
+        def texts() -> Any:
+            return (row[c] for row in train for c in columns)
+
+        tokenizer = tokenizers[0] if tokenizers is not None else task_tokenizer(cfg, texts, train._fingerprint)
         label_names = label_names or label_names_from(splits["train"]["label"])
         seq_len = int(data.seq_len)
         encoded = {
@@ -178,7 +181,7 @@ class Classification(Task):
         tokens = [[tokenizer.decode([t]).strip() or tokenizer.id_to_token(t) for t in row["input_ids"]] for row in rows]
         log.info("data: %d training examples, labels: %s", len(encoded["train"]), ", ".join(label_names))
         extra = {"label_names": label_names, "class_weights": weights, "examples": collator(rows), "tokens": tokens}
-        return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), extra=extra)
+        return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), extra=extra, texts=texts)
 
     def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
         from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from attnfit.errors import ConfigError, DataError
+from attnfit.errors import ConfigError, DataError, check_choice
 from attnfit.pretrained import Artifact, ModelRecord
 from attnfit.recipes.common import container, run_config
 from attnfit.tasks.base import Prepared, Task, timed
@@ -41,15 +41,39 @@ def check_backbone_config(cfg: DictConfig, seq_len: int) -> None:
         )
 
 
+MASKINGS = ("token", "whole_word", "span")
+
+
+def masking_collators(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """Training and validation collators of ``task.masking``: BERT's token masking, whole words, or SpanBERT's
+    whole-word spans; validation masks repeat on every pass."""
+    from attnfit.data import MLMCollator, special_token_id, special_token_ids
+    from attnfit.data.masking import SpanMLMCollator, WholeWordMLMCollator
+
+    masking = str(cfg.task.get("masking", "token"))
+    check_choice("task.masking", masking, MASKINGS)
+    prob = float(cfg.task.mask_prob)
+    if masking == "token":
+        ids = special_token_id(tokenizer, "pad"), special_token_id(tokenizer, "mask"), tokenizer.get_vocab_size()
+        specials = tuple(i for i in special_token_ids(tokenizer).values() if i is not None)
+        return (
+            MLMCollator(*ids, specials, prob, seed=cfg.seed),
+            MLMCollator(*ids, specials, prob, seed=cfg.seed + 1, repeat_masks=True),
+        )
+    cls = WholeWordMLMCollator if masking == "whole_word" else SpanMLMCollator
+    return (
+        cls.from_tokenizer(tokenizer, mask_prob=prob, seed=cfg.seed),
+        cls.from_tokenizer(tokenizer, mask_prob=prob, seed=cfg.seed + 1, repeat_masks=True),
+    )
+
+
 def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     """Load the splits, get the tokenizer (trained on train unless given), tokenize and pack, build loaders."""
     from attnfit.data import (
         CLMCollator,
-        MLMCollator,
         get_tokenizer,
         load_text_splits,
         special_token_id,
-        special_token_ids,
         tokenize_for_lm,
         unigram_cross_entropy,
     )
@@ -92,12 +116,8 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
         train_ids, val_ids = encoded["train"]["input_ids"], encoded["validation"]["input_ids"]
         baseline = unigram_cross_entropy(train_ids, val_ids, vocab_size)
     pad_id = special_token_id(tokenizer, "pad")
-    if cfg.task.name == "mlm":
-        mask_id = special_token_id(tokenizer, "mask")
-        specials = tuple(i for i in special_token_ids(tokenizer).values() if i is not None)
-        prob = float(cfg.task.mask_prob)
-        train_collator = MLMCollator(pad_id, mask_id, vocab_size, specials, prob, seed=cfg.seed)
-        val_collator = MLMCollator(pad_id, mask_id, vocab_size, specials, prob, seed=cfg.seed + 1, repeat_masks=True)
+    if "mask_prob" in cfg.task:  # masked objectives (mlm, electra)
+        train_collator, val_collator = masking_collators(cfg, tokenizer)
     else:
         train_collator = val_collator = CLMCollator(pad_id)
     datamodule = TokenizedDataModule(
@@ -128,12 +148,17 @@ class LanguageModeling(Task):
             self._check_continuation(cfg, pretrained)
         else:
             check_backbone_config(cfg, seq_len)
-        if cfg.task.name == "mlm" and not 0.0 < float(cfg.task.mask_prob) < 1.0:
+        if "mask_prob" in cfg.task and not 0.0 < float(cfg.task.mask_prob) < 1.0:
             raise ConfigError(f"task.mask_prob={cfg.task.mask_prob} must be in (0, 1)")
+        check_choice("task.masking", str(cfg.task.get("masking", "token")), MASKINGS)
 
     def _check_continuation(self, cfg: DictConfig, pretrained: Artifact) -> None:
-        if pretrained.task not in ("mlm", "clm"):
-            raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; task={cfg.task.name} continues LMs")
+        from attnfit.tasks import get_task
+
+        if not get_task(pretrained.task).is_pretraining:
+            raise ConfigError(
+                f"{pretrained.source} is a {pretrained.task} model; task={cfg.task.name} continues a pretrained one"
+            )
         if int(cfg.data.seq_len) > int(pretrained.model_config["max_len"]):
             raise ConfigError(
                 f"data.seq_len={cfg.data.seq_len} exceeds the pretrained model's max_len="

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from attnfit.errors import ConfigError, DataError
 from attnfit.pretrained import Artifact, ModelRecord
 from attnfit.recipes.common import container, run_config
+from attnfit.tasks import get_task
 from attnfit.tasks.base import Prepared, Task
 from attnfit.tasks.classification import (
     backbone_config,
@@ -139,7 +140,7 @@ class QuestionAnswering(Task):
             if key not in data:
                 raise ConfigError(f"task=qa needs data.{key} (is data= a QA source? e.g. data=embedded_qa, data=squad)")
         check_choice("data.malformed", data.get("malformed", "skip"), MALFORMED_POLICIES)
-        if pretrained is not None and pretrained.task not in ("mlm", "clm"):
+        if pretrained is not None and not get_task(pretrained.task).is_pretraining:
             raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; fine-tune a language model instead")
         if int(cfg.task.max_answer_len) < 1:
             raise ConfigError(f"task.max_answer_len={cfg.task.max_answer_len} must be ≥ 1")
@@ -169,13 +170,12 @@ class QuestionAnswering(Task):
             malformed=str(data.get("malformed", "skip")),
             hub_splits=container(data.get("splits")) if data.get("splits") else None,
         )
-        if tokenizers is not None:
-            tokenizer = tokenizers[0]
-        else:
-            train = splits["train"]
-            tokenizer = task_tokenizer(
-                cfg, lambda: (text for row in train for text in (row["question"], row["context"])), train._fingerprint
-            )
+        train = splits["train"]
+
+        def texts() -> Any:
+            return (text for row in train for text in (row["question"], row["context"]))
+
+        tokenizer = tokenizers[0] if tokenizers is not None else task_tokenizer(cfg, texts, train._fingerprint)
         window = {key: int(data[key]) for key in WINDOW_KEYS}
         encoded = {name: tokenize_for_qa(ds, tokenizer, **window, split=name) for name, ds in splits.items()}
         for name in ("validation", "test"):
@@ -200,7 +200,8 @@ class QuestionAnswering(Task):
             window["seq_len"],
             len(splits["validation"]),
         )
-        return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), extra={"window": window})
+        window_extra = {"window": window}
+        return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), extra=window_extra, texts=texts)
 
     def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
         from attnfit.models import ModelConfig
