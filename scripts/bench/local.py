@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.common import median, n_label, table
 
-Optional = Callable[[str], tuple[Any, "str | None"]]  # benchmark.optional_module
+OptionalImport = Callable[[str], tuple[Any, "str | None"]]  # benchmark.optional_module
 
 
 class LiveTensorBytes:
@@ -71,7 +71,7 @@ class LiveTensorBytes:
 
 
 def implementations(
-    window: int, heads: int, head_dim: int, optional: Optional
+    window: int, heads: int, head_dim: int, optional: OptionalImport
 ) -> tuple[dict[str, Callable], dict[str, str]]:
     """{name: fn(q, k, v) -> out} for the available implementations, and {name: reason} for the skipped."""
     import torch.nn.functional as F
@@ -95,7 +95,7 @@ def implementations(
     return impls, skipped
 
 
-def run(args: argparse.Namespace, results: dict[str, Any], optional: Optional) -> None:
+def run(args: argparse.Namespace, results: dict[str, Any], optional: OptionalImport) -> None:
     import torch
 
     heads, head_dim, window = args.local_heads, args.local_head_dim, args.local_window

@@ -48,7 +48,7 @@ from typing import Any
 
 from bench.common import MASK_PROB, Shape, compose, matmul_gflops, median, table
 
-Optional = Callable[[str], tuple[Any, "str | None"]]  # benchmark.optional_module
+OptionalImport = Callable[[str], tuple[Any, "str | None"]]  # benchmark.optional_module
 
 
 def config(shape: Shape, encoder: str, out_dir: Path, steps: int, progress_bar: str) -> Any:
@@ -301,7 +301,7 @@ def run_attnfit(
     return {name: ts[warmup : warmup + steps] for name, ts in interleaver.times.items()}, params
 
 
-def run(args: argparse.Namespace, results: dict[str, Any], work: Path, optional: Optional) -> None:
+def run(args: argparse.Namespace, results: dict[str, Any], work: Path, optional: OptionalImport) -> None:
     import torch
 
     shape = Shape(args.batch, args.seq_len, args.dim, args.layers, args.heads, vocab=args.vocab)
