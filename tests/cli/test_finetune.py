@@ -211,3 +211,28 @@ def test_missing_pretrained_and_bad_split_are_explained(run_cli, tmp_path, pretr
     assert proc.returncode == 2 and "available splits: train, validation" in proc.stderr
     proc = run_cli("finetune", f"pretrained={pretrained}", *FT, "data.seq_len=999", check=False)
     assert proc.returncode == 2 and "exceeds the pretrained model's max_len=32" in proc.stderr
+
+
+def test_domain_adaptation_continues_pretraining_on_the_task_text_then_fine_tunes(run_cli, tmp_path, pretrained):
+    run_dir = tmp_path / "adapted"
+    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, "finetune.adapt_steps=3", f"hydra.run.dir={run_dir}")
+    adapt = run_dir / "adapt"
+    assert "domain adaptation done" in proc.stdout + proc.stderr
+    corpus = (adapt / "train.txt").read_text().splitlines()
+    assert len(corpus) > 100 and all(line.strip() for line in corpus)  # the labelled set's own sentences
+    # The tokenizer is kept through both stages.
+    tokenizer = (pretrained / "tokenizer.json").read_text()
+    assert (adapt / "tokenizer.json").read_text() == tokenizer == (run_dir / "tokenizer.json").read_text()
+    source, adapted, tuned = load_artifact(pretrained), load_artifact(adapt), load_artifact(run_dir)
+    assert adapted.task == "mlm" and adapted.record.model_config == source.record.model_config
+    assert json.loads((adapt / "metrics.json").read_text())["step"] == 3
+    key = "backbone.encoder.stack.layers.0.ffn.0.weight"
+    assert not torch.equal(adapted.state_dict[key], source.state_dict[key])  # three MLM steps moved it
+    assert tuned.task == "classification"
+
+
+def test_domain_adaptation_needs_a_pretrained_language_model(run_cli, tmp_path, pretrained):
+    classifier = tmp_path / "clf"
+    run_cli("finetune", f"pretrained={pretrained}", *FT, "trainer.max_steps=2", f"hydra.run.dir={classifier}")
+    proc = run_cli("finetune", f"pretrained={classifier}", *FT, "finetune.adapt_steps=2", check=False)
+    assert proc.returncode == 2 and "continues a pretrained language model" in proc.stderr

@@ -16,6 +16,7 @@ from tests.conftest import TINY
 RUNS = {
     "mlm": ([], ["text=the <mask> sleeps"]),
     "clm": ([], ["text=the cat", "max_new_tokens=4"]),
+    "electra": (["task.masking=whole_word"], ["text=the cat sleeps"]),
     "classification": (["data=embedded_classification"], ["text=the old dog sleeps"]),
     "seq2seq": (["data.num_train=400", "data.num_val=16", "data.num_test=16"], ["text=der hund schläft"]),
     "qa": (["data.seq_len=64", "data.doc_stride=24", "data.max_question_len=16"], [
