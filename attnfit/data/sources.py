@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from attnfit.data.synthetic import write_embedded_corpus
@@ -149,11 +150,28 @@ def _to_text_column(ds: Dataset, text_column: str, split: str, origin: str) -> D
     return _to_columns(ds, {"text": text_column}, split, origin)
 
 
+VAL_SPLITS = ("random", "tail")
+
+
+def _split_off_tail(train: Dataset, val_fraction: float) -> tuple[Dataset, Dataset]:
+    """The last ``val_fraction`` of the text (by characters, cut at a row boundary) as validation, the rest as
+    train: the standard split of a single running text (e.g. Tiny Shakespeare's first 90% / last 10%)."""
+    lengths = np.asarray([len(t) for t in train.with_format("arrow")["text"].to_pylist()], dtype=np.int64)
+    cut = int(np.searchsorted(np.cumsum(lengths), (1.0 - val_fraction) * lengths.sum(), side="right"))
+    cut = min(max(cut, 1), len(train) - 1)
+    return train.select(range(cut)), train.select(range(cut, len(train)))
+
+
 def _split_off_validation(
-    train: Dataset, val_fraction: float, seed: int, origin: str, stratify_by: str | None = None
+    train: Dataset,
+    val_fraction: float,
+    seed: int,
+    origin: str,
+    stratify_by: str | None = None,
+    val_split: str = "random",
 ) -> tuple[Dataset, Dataset]:
     """Hold out ``val_fraction`` of ``train``; with ``stratify_by`` (a column) each of its values in proportion
-    where every value has enough rows, else a plain random split."""
+    where every value has enough rows, else a plain random split; ``val_split="tail"``: the end of the text."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if len(train) < 2:
@@ -161,6 +179,9 @@ def _split_off_validation(
             f"train split from {origin} has {len(train)} row(s); need at least 2 to split off a validation set "
             f"(or give a validation split)"
         )
+    check_choice("data.val_split", val_split, VAL_SPLITS)
+    if val_split == "tail":
+        return _split_off_tail(train, val_fraction)
     if stratify_by is not None:
         values = [str(v) for v in train.with_format("arrow")[stratify_by].to_pylist()]
         names = sorted(set(values))
@@ -237,6 +258,7 @@ def _load_files(
     val_fraction: float,
     seed: int,
     cache_dir: str | Path | None,
+    val_split: str = "random",
 ) -> DatasetDict:
     splits: dict[str, Dataset] = {}
     for split, (paths, fmt, origin) in _resolve_files(files, file_format).items():
@@ -245,7 +267,9 @@ def _load_files(
         splits[split] = _to_text_column(ds, column, split, origin)
     if "validation" not in splits:
         origin = f"data.train ({files['train']!r})"
-        splits["train"], splits["validation"] = _split_off_validation(splits["train"], val_fraction, seed, origin)
+        splits["train"], splits["validation"] = _split_off_validation(
+            splits["train"], val_fraction, seed, origin, val_split=val_split
+        )
     return DatasetDict(splits)
 
 
@@ -305,6 +329,7 @@ def load_text_splits(
     embedded_dir: Path | None = None,
     num_train_docs: int = 20000,
     num_val_docs: int = 1000,
+    val_split: str = "random",
 ) -> DatasetDict:
     """Load raw text splits; always returns at least "train" and "validation", each with one "text" column.
 
@@ -317,7 +342,8 @@ def load_text_splits(
     * "hub": ``datasets.load_dataset(hub_path, hub_subset)``, splits picked via ``hub_splits`` {ours: theirs}.
 
     Without a validation split (none given, or the hub dataset has none) ``val_fraction`` of train is held out
-    with ``seed``. Blank rows are dropped. Extra splits (e.g. "test") are kept.
+    with ``seed`` (``val_split="tail"``: the last ``val_fraction`` of a file's text instead, for running text). Blank
+    rows are dropped. Extra splits (e.g. "test") are kept.
     """
     check_choice("data source kind", kind, SOURCE_KINDS)
     datasets.utils.logging.set_verbosity_warning()
@@ -329,5 +355,5 @@ def load_text_splits(
     if kind == "files":
         if not files:
             raise ConfigError("data.source 'files' needs data.train (a path or list of paths)")
-        return _load_files(files, text_column, file_format, val_fraction, seed, cache_dir)
+        return _load_files(files, text_column, file_format, val_fraction, seed, cache_dir, val_split)
     return _load_hub(hub_path, hub_subset, hub_splits, text_column, val_fraction, seed, cache_dir)

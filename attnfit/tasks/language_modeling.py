@@ -96,6 +96,7 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
             embedded_dir=cache_dir / "embedded",
             num_train_docs=data.get("num_train_docs", 20000),
             num_val_docs=data.get("num_val_docs", 1000),
+            val_split=str(data.get("val_split", "random")),
         )
     if tokenizer is None:
         tok = cfg.tokenizer

@@ -224,3 +224,18 @@ def test_embedded(tmp_path):
         "embedded", embedded_dir=tmp_path / "elsewhere", cache_dir=tmp_path, num_train_docs=20, num_val_docs=5
     )
     assert (tmp_path / "elsewhere" / "validation.txt").is_file() and len(other["train"]) == 20
+
+
+def test_tail_split_holds_out_the_end_of_a_running_text(tmp_path):
+    """The standard split of one running text (Tiny Shakespeare: first 90% train, last 10% validation), by
+    characters at a line boundary, in order: no line of the end is seen in training."""
+    lines = [f"line {i} " + "x" * (i % 7) for i in range(200)]
+    path = tmp_path / "play.txt"
+    path.write_text("\n".join(lines) + "\n")
+    splits = load_text_splits("files", files={"train": str(path)}, val_fraction=0.1, val_split="tail")
+    train, validation = list(splits["train"]["text"]), list(splits["validation"]["text"])
+    assert train + validation == lines  # in order, nothing lost or shuffled
+    share = sum(map(len, validation)) / sum(map(len, lines))
+    assert 0.09 <= share <= 0.11 and validation[0] == lines[len(train)]
+    with pytest.raises(ConfigError, match="data.val_split 'end'"):
+        load_text_splits("files", files={"train": str(path)}, val_split="end")
