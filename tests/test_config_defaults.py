@@ -74,3 +74,21 @@ def test_every_config_group_option_composes(config_name):
                     continue  # a fine-tuning run takes these from its pretrained model
                 cfg = compose(config_name, overrides=[f"{group}={option}"])
                 assert cfg.get(group) is not None or group == "decoder", (group, option)
+
+
+def test_data_fallbacks_in_tasks_agree_with_the_data_configs():
+    """``data.get(KEY, FALLBACK)`` in a task module: the fallback is what a data config without KEY gets, so it
+    must be the value the data configs give KEY (one of them, where they differ on purpose)."""
+    import re
+
+    values: dict[str, set[str]] = {}
+    for path in (Path(CONFIG_DIR) / "data").glob("*.yaml"):
+        for key, value in yaml.safe_load(path.read_text()).items():
+            values.setdefault(key, set()).add(repr(value))
+    tasks = Path(CONFIG_DIR).parent / "attnfit" / "tasks"
+    problems = []
+    for path in tasks.glob("*.py"):
+        for key, fallback in re.findall(r'data\.get\("(\w+)", ([^)]+)\)', path.read_text()):
+            if key in values and repr(yaml.safe_load(fallback)) not in values[key]:
+                problems.append(f"{path.name}: data.{key} falls back to {fallback}, configs/data say {values[key]}")
+    assert problems == []

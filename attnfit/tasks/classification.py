@@ -143,7 +143,7 @@ class Classification(Task):
             label_column=data.get("label_column", "label"),
             column_names=container(data.get("column_names")) if data.get("column_names") else None,
             file_format=data.get("format"),
-            val_fraction=data.get("val_fraction", 0.1),
+            val_fraction=data.get("val_fraction", 0.05),
             seed=cfg.seed,
             cache_dir=cache_dir / "datasets",
             embedded_dir=cache_dir / "embedded-classification",
