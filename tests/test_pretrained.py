@@ -53,3 +53,25 @@ def test_newer_or_incomplete_records_fail_with_one_clear_line(tmp_path):
     _checkpoint(tmp_path / "part.ckpt", {"format_version": 2, "model_config": {}, "task": "mlm"}, {})
     with pytest.raises(CheckpointError, match=r"incomplete attnfit record \(no tokenizer_json\)"):
         load_artifact(tmp_path / "part.ckpt")
+
+
+def test_load_pretrained_needs_neither_lightning_nor_hydra(tmp_path):
+    """A saved model loads in any Python program: only torch, tokenizers and attnfit's model library."""
+    import subprocess
+    import sys
+
+    model = SequenceClassifier(ModelConfig.from_dict(MODEL), ClassifierConfig.from_dict(HEAD))
+    from tokenizers import Tokenizer, models
+
+    tokenizer = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")).to_str()
+    record = ModelRecord("classification", MODEL, tokenizer, head_config=HEAD, label_names=["a", "b"])
+    _checkpoint(tmp_path / "x.ckpt", record.to_dict(), model.state_dict())
+    export(load_artifact(tmp_path / "x.ckpt"), tmp_path / "export")
+    code = (
+        "import sys, attnfit\n"
+        f"model, tokenizer = attnfit.load_pretrained({str(tmp_path / 'export')!r})\n"
+        "print(sorted(m for m in ('lightning', 'hydra') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import ConfigError, TrainingInterrupted, check_choice
+from attnfit.tasks.base import container
 from attnfit.training.callbacks import (
     GracefulShutdown,
     NonFiniteGuard,
@@ -31,11 +32,6 @@ from attnfit.training.checkpoint_io import AtomicCheckpointIO
 log = logging.getLogger("attnfit")
 
 
-def container(node: Any) -> Any:
-    """A resolved plain-Python copy of a config node (what models and checkpoints take)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 # Options whose type a typo on the command line breaks (``seed=x``, ``optimizer.lr=1e-3x``): checked first so the
 # mistake is named instead of surfacing as a traceback deep inside a library.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -48,6 +44,17 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "optimizer.weight_decay": (int, float),
     "scheduler.warmup_steps": (int,),
     "trainer.max_steps": (int,),
+    "data.shuffle": (bool,),
+    "data.packing": (bool,),
+    "finetune.from_scratch": (bool,),
+    "finetune.freeze_embeddings": (bool,),
+    "finetune.lora.enabled": (bool,),
+    "finetune.adapt_steps": (int,),
+    "task.class_weights": (bool,),
+    "task.joint_tokenizer": (bool,),
+    "task.tie_output": (bool,),
+    "heatmap": (bool,),
+    "merge_lora": (bool,),
 }
 
 
@@ -108,13 +115,6 @@ def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         log.info("resuming from %s", path)
         return str(path)
     return str(ckpt_path)
-
-
-def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved run config without Hydra's own node, as stored in checkpoints (plain data)."""
-    resolved = container(cfg)
-    resolved.pop("hydra", None)
-    return resolved
 
 
 def build_trainer(

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import ConfigError, DataError
 from attnfit.pretrained import Artifact, load_artifact
-from attnfit.recipes.common import container
+from attnfit.recipes.common import check_option_types, container
 from attnfit.recipes.predict import check_beam_size
 from attnfit.tasks import get_task
 
@@ -46,6 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
+    check_option_types(cfg)
     check_beam_size(cfg.get("beam_size"))
     artifact = load_artifact(cfg.checkpoint)
     job = job_config(cfg, artifact)

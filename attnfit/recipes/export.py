@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from attnfit.errors import ConfigError
 from attnfit.pretrained import export, load_artifact, load_pretrained
+from attnfit.recipes.common import check_option_types
 from attnfit.tasks import get_task
 
 
@@ -17,6 +18,7 @@ def export_model(cfg: DictConfig) -> Path:
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
     if not cfg.get("out"):
         raise ConfigError("out=DIR is required: where the exported model goes")
+    check_option_types(cfg)
     artifact = load_artifact(cfg.checkpoint)
     out = export(artifact, cfg.out, merge_lora=bool(cfg.merge_lora))
     load_pretrained(out)  # proves the directory loads on its own

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from attnfit.errors import ConfigError, DataError
 from attnfit.pretrained import build_model, load_artifact
+from attnfit.recipes.common import check_option_types
 from attnfit.tasks import get_task
 
 
@@ -56,6 +57,7 @@ def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[st
     command line's free text (:func:`read_inputs`)."""
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
+    check_option_types(cfg)
     check_beam_size(cfg.get("beam_size"))
     inputs = read_inputs(cfg, free)
     artifact = load_artifact(cfg.checkpoint)

@@ -12,9 +12,8 @@ from torch import nn
 
 from attnfit.errors import ConfigError
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
-from attnfit.recipes.common import container, run_config
 from attnfit.tasks import get_task
-from attnfit.tasks.base import Prepared, Task
+from attnfit.tasks.base import Prepared, Task, container, run_config
 
 log = logging.getLogger("attnfit")
 

@@ -11,8 +11,7 @@ from torch import nn
 
 from attnfit.errors import ConfigError, DataError, check_choice
 from attnfit.pretrained import Artifact, ModelRecord
-from attnfit.recipes.common import container, run_config
-from attnfit.tasks.base import Prepared, Task, timed
+from attnfit.tasks.base import Prepared, Task, container, run_config, timed
 
 
 def model_config_dict(cfg: DictConfig, vocab_size: int, pad_id: int = 0) -> dict[str, Any]:

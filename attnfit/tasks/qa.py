@@ -10,20 +10,17 @@ all windows of a context and scores exact match and F1 (SQuAD's normalisation; c
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import nn
 
 from attnfit.errors import ConfigError, DataError
 from attnfit.pretrained import Artifact, ModelRecord
-from attnfit.recipes.common import container, run_config
 from attnfit.tasks import get_task
-from attnfit.tasks.base import Prepared, Task
+from attnfit.tasks.base import Prepared, Task, container, run_config
 from attnfit.tasks.classification import (
     backbone_config,
     check_backbone,
@@ -33,7 +30,6 @@ from attnfit.tasks.classification import (
     finetuned_backbone,
     task_tokenizer,
 )
-from attnfit.training.module import Optimization, TaskModule
 
 log = logging.getLogger("attnfit")
 WINDOW_KEYS = ("seq_len", "doc_stride", "max_question_len")  # how contexts were cut into windows
@@ -46,82 +42,6 @@ def _with_examples(windows: Any, rows: Any) -> Any:
         values = rows[column]
         windows = windows.add_column(column, [values[int(i)] for i in index])
     return windows
-
-
-class QAModule(TaskModule):
-    """Start/end cross-entropy on a :class:`~attnfit.models.qa.SpanExtractor`; EM/F1 of the decoded answers."""
-
-    def __init__(self, model: nn.Module, record: ModelRecord, optimization: Optimization | None = None) -> None:
-        super().__init__(model, record, optimization)
-        decode = record.decode or {}
-        self.max_answer_len = int(decode.get("max_answer_len", 30))
-
-    def forward(self, batch: dict[str, Any], need_weights: bool = False) -> Any:
-        return self.model(batch["input_ids"], batch["padding_mask"], batch["segment_ids"], need_weights)
-
-    def _loss(self, out: Any, batch: dict[str, Any]) -> Tensor:
-        start = F.cross_entropy(out.start_logits.float(), batch["start_positions"])
-        end = F.cross_entropy(out.end_logits.float(), batch["end_positions"])
-        return (start + end) / 2
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss = self._loss(self(batch), batch)
-        self.log("train/loss", loss)
-        self.log("loss", loss, prog_bar=True, logger=False)
-        self.log_learning_rate()
-        return loss
-
-    def on_validation_epoch_start(self) -> None:
-        self._sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss·windows, windows
-        self._windows: dict[str, list] = defaultdict(list)  # question id -> [(start, end, offsets)]
-        self._examples: dict[str, tuple[str, list[str]]] = {}  # question id -> (context, references)
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self(batch)
-        n = batch["input_ids"].shape[0]
-        self._sums += torch.stack([self._loss(out, batch).double() * n, torch.tensor(n, dtype=torch.float64)])
-        lengths = (~batch["padding_mask"]).sum(1).tolist()
-        for i, qid in enumerate(batch["id"]):
-            length = lengths[i]
-            self._windows[qid].append(
-                (out.start_logits[i, :length].cpu(), out.end_logits[i, :length].cpu(), batch["offsets"][i])
-            )
-            self._examples[qid] = (batch["context"][i], batch["answer_texts"][i])
-
-    test_step = validation_step
-
-    def answers(self) -> dict[str, str]:
-        """The best span of every question seen this pass, over all its windows."""
-        from attnfit.data.qa_metrics import best_spans
-
-        predictions = {}
-        for qid, windows in self._windows.items():
-            starts, ends, offsets = zip(*windows, strict=True)
-            spans = best_spans(starts, ends, offsets, self._examples[qid][0], self.max_answer_len, n_best=1)
-            predictions[qid] = spans[0].text if spans else ""
-        return predictions
-
-    def _log_epoch(self, split: str) -> None:
-        from attnfit.data.qa_metrics import squad_scores
-
-        total = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
-        self.log(f"{split}/loss", (total[0] / total[1].clamp(min=1)).float())
-        if not self._windows:
-            return
-        references = {qid: refs for qid, (_, refs) in self._examples.items()}
-        scores = squad_scores(self.answers(), references)
-        self.log(f"{split}/exact_match", scores["exact_match"])
-        self.log(f"{split}/f1", scores["f1"])
-        if split == "val":
-            self.log("val_f1", scores["f1"], prog_bar=True, logger=False)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
 
 class QuestionAnswering(Task):
@@ -221,6 +141,8 @@ class QuestionAnswering(Task):
             decode=decode,
             run_config=run_config(cfg),
         )
+        from attnfit.training.qa_module import QAModule
+
         return QAModule(model, record, finetune_optimization(cfg, plan, total_steps))
 
     def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:
@@ -242,6 +164,7 @@ class QuestionAnswering(Task):
 
     def evaluation_module(self, artifact: Artifact, cfg: DictConfig) -> Any:
         from attnfit.pretrained import build_model
+        from attnfit.training.qa_module import QAModule
 
         return QAModule(build_model(artifact), artifact.record)
 

@@ -13,8 +13,7 @@ from torch import nn
 
 from attnfit.errors import ConfigError, check_choice
 from attnfit.pretrained import Artifact, ModelRecord
-from attnfit.recipes.common import container, run_config
-from attnfit.tasks.base import Prepared, Task
+from attnfit.tasks.base import Prepared, Task, container, run_config
 
 log = logging.getLogger("attnfit")
 METRICS = ("bleu", "rouge")
