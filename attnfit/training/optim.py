@@ -37,9 +37,9 @@ def build_optimizer(
     """AdamW (or Adam) over parameter ``groups``; groups may carry their own ``lr`` and ``weight_decay``."""
     check_choice("optimizer", name, ("adamw", "adam"))
     if not math.isfinite(lr) or lr <= 0:  # inf passes "> 0" and NaN fails every comparison silently
-        raise ConfigError(f"optimizer.lr={lr} must be a finite number > 0")
+        raise ConfigError(f"optimizer.lr={lr} must be > 0 and finite")
     if not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ConfigError(f"optimizer.weight_decay={weight_decay} must be a finite number ≥ 0")
+        raise ConfigError(f"optimizer.weight_decay={weight_decay} must be ≥ 0 and finite")
     if not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in betas) or not (math.isfinite(eps) and eps > 0):
         raise ConfigError(f"optimizer.betas={list(betas)} must be in [0, 1) and optimizer.eps={eps} > 0")
     groups = [g for g in groups if g["params"]]

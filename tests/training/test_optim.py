@@ -61,3 +61,9 @@ def test_bad_schedule_name():
     optimizer = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
     with pytest.raises(ConfigError, match="unknown scheduler 'cosin'.*did you mean 'cosine'"):
         build_scheduler(optimizer, "cosin", 10)
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan"), 0.0])
+def test_impossible_learning_rates_fail_the_config_check(lr):
+    with pytest.raises(ConfigError, match=r"optimizer.lr=.* must be > 0 and finite"):
+        build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=lr)
