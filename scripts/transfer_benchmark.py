@@ -70,15 +70,15 @@ SPLIT_RULE = (
 )
 QUICK_PRETRAIN = (
     "experiment=embedded_mlm data.seq_len=64 data.num_train_docs=3000 data.num_val_docs=200 model.dim=64 "
-    "attention.num_heads=2 tokenizer.vocab_size=2000 trainer.max_steps=150 trainer.val_check_interval=75 "
-    "trainer.limit_val_batches=4 scheduler.warmup_steps=10"
+    "attention.num_heads=2 tokenizer.vocab_size=2000 trainer.max_steps=400 trainer.val_check_interval=200 "
+    "trainer.limit_val_batches=4 scheduler.warmup_steps=20"
 )
 QUICK_FINETUNE = [
     "data.batch_size=32",
-    "trainer.max_steps=40",
-    "trainer.val_check_interval=20",
+    "trainer.max_steps=150",
+    "trainer.val_check_interval=50",
     "trainer.log_every_n_steps=10",
-    "scheduler.warmup_steps=4",
+    "scheduler.warmup_steps=15",
     "callbacks.heatmaps=0",
 ]
 
@@ -242,6 +242,9 @@ def finetune(
     if metrics_file.exists():
         previous = json.loads(record_file.read_text()) if record_file.exists() else {}
         print(f"  {name} {variant} seed {seed}: done already ({metrics_file}), not redone", flush=True)
+        if previous.get("overrides") not in (None, overrides):
+            print("  WARNING: it was run with other overrides (see its transfer_benchmark.json); use another --out")
+            record["other_overrides"] = previous["overrides"]
         return {**record, "seconds": previous.get("seconds"), "skipped": True, "metrics": read_metrics(metrics_file)}
     if run_dir.exists():  # an interrupted or failed run: start it afresh
         print(f"  {name} {variant} seed {seed}: {run_dir} has no metrics.json; removing it and running again")
@@ -324,7 +327,8 @@ def print_table(summary: dict, variants: list[str]) -> None:
     print("\n" + line + "\n" + "-+-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
-    print("(test accuracy in %, mean ± std over seeds; gain = pretrained − from scratch, in points)")
+    gain_note = "; gain = pretrained − from scratch, in points" if gains else ""
+    print(f"(test accuracy in %, mean ± std over seeds{gain_note})")
     for g in gains:
         if f"mean_gain_{g}" in summary:
             what = "pretrained" if g == "pretrained" else "adapted"
@@ -392,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         sys.exit(f"{data_dir} lacks {', '.join(missing)} (see --data)")
 
-    print(f"splits ({SPLIT_RULE})")
+    print("fixed splits (stratified, seed 0: 10% test and 10% validation; TREC: its official test, 10% validation):")
     data = {}
     for name in args.sets:
         data[name] = prepare_data(name, data_dir, out, args.train_rows)
