@@ -1,0 +1,192 @@
+"""scripts/transfer_benchmark.py on a toy copy of the sentence-classification folder: fixed stratified splits that
+cover every line once, both variants per set in the JSON, Kim's figures in the table, and a re-run that redoes
+nothing."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import TINY
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "transfer_benchmark.py"
+ROOT = SCRIPT.parents[1]
+
+# A handful of fine-tuning steps; the tiny pretrained model fixes width, depth and max_len.
+FT = [
+    "data.seq_len=32",
+    "data.batch_size=16",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "scheduler.warmup_steps=1",
+    "callbacks.heatmaps=0",
+]
+
+
+@pytest.fixture(scope="module")
+def tb():
+    spec = importlib.util.spec_from_file_location("attnfit_transfer_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lines(rng: random.Random, n: int, classes: int, cues: list[str]) -> list[str]:
+    filler = ["the", "a", "of", "and", "is", "it", "this", "that", "with", "for", "on", "very", "so", "just"]
+    lines = []
+    for _ in range(n):
+        label = rng.randrange(classes)
+        words = rng.choices(filler, k=rng.randint(3, 8)) + [cues[label]] * 2
+        rng.shuffle(words)
+        lines.append(f"{label} {' '.join(words)} .")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> Path:
+    """Kim-format files (label first, space-separated) whose labels a cue word gives away."""
+    folder = tmp_path_factory.mktemp("sentence-classification")
+    rng = random.Random(1)
+    trec = ["who", "where", "when", "what", "how", "why"]
+    (folder / "TREC.train.all").write_text("\n".join(_lines(rng, 300, 6, trec)) + "\n")
+    (folder / "TREC.test.all").write_text("\n".join(_lines(rng, 60, 6, trec)) + "\n")
+    (folder / "subj.all").write_text("\n".join(_lines(rng, 200, 2, ["plot", "brilliant"])) + "\n")
+    cr = _lines(rng, 200, 2, ["broken", "great"])
+    cr.insert(7, "0 ")  # a label without text, as in the real custrev.all: dropped
+    (folder / "custrev.all").write_text("\n".join(cr) + "\n")
+    # cp1252 bytes, as in the real subj.all: 0x85 is "…" there, not a line break
+    mpqa = _lines(rng, 200, 2, ["fail", "support"])
+    (folder / "mpqa.all").write_bytes(("\n".join(mpqa) + "\n").encode() + b"1 support \x85 well\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, cache_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("pretrained") / "run"
+    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnfit.train", *TINY, "task=mlm", f"hydra.run.dir={run_dir}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=run_dir.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def _read_tsv(path: Path) -> list[tuple[str, str]]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        label, text = line.split("\t")
+        rows.append((label, text))
+    return rows
+
+
+def test_splits_are_fixed_stratified_and_cover_every_line_once(tb, toy_data, tmp_path):
+    for name in ("trec", "subj", "cr", "mpqa"):
+        info = tb.prepare_data(name, toy_data, tmp_path, None)
+        splits = {s: _read_tsv(Path(p)) for s, p in info["files"].items()}
+        assert {s: len(r) for s, r in splits.items()} == info["sizes"]
+        train_file, test_file = tb.FILES[name]
+        source, dropped = tb.read_sentences(toy_data / train_file)
+        assert dropped == (1 if name == "cr" else 0)
+        # Every usable line once: as a multiset (toy lines may repeat) and by position.
+        held = splits["train"] + splits["validation"] + ([] if test_file else splits["test"])
+        assert collections.Counter(held) == collections.Counter(source)
+        if test_file:
+            assert splits["test"] == tb.read_sentences(toy_data / test_file)[0]  # the official test file
+        parts = tb.stratified(source, [0.1] if test_file else [0.1, 0.1])
+        assert sum(len(p) for p in parts) == len(source)
+        # Stratified: each held-out split has round(10%) of every class.
+        counts = collections.Counter(label for label, _ in source)
+        for split in ("validation",) if test_file else ("validation", "test"):
+            got = collections.Counter(label for label, _ in splits[split])
+            assert got == {label: round(0.1 * n) for label, n in counts.items() if round(0.1 * n)}, (name, split)
+        # Fixed: a second preparation (another --seeds, another day) gives the same files.
+        again = tb.prepare_data(name, toy_data, tmp_path, None)
+        assert again["sizes"] == info["sizes"]
+    mpqa = _read_tsv(tmp_path / "data" / "mpqa" / "train.tsv") + _read_tsv(tmp_path / "data" / "mpqa" / "test.tsv")
+    mpqa += _read_tsv(tmp_path / "data" / "mpqa" / "validation.tsv")
+    assert ("1", "support … well") in mpqa
+    # A train subsample keeps every class and its own file.
+    info = tb.prepare_data("trec", toy_data, tmp_path, 30)
+    subset = _read_tsv(Path(info["files"]["train"]))
+    assert len(subset) == info["train_rows_used"] and {label for label, _ in subset} == set("012345")
+
+
+def test_summary_marks_failed_runs(tb, capsys):
+    runs = [
+        {"set": "cr", "variant": "pretrained", "seed": 0, "seconds": 3.0, "metrics": {"test/acc": 0.8}},
+        {"set": "cr", "variant": "pretrained", "seed": 1, "failed": True, "seconds": 1.0, "stderr_tail": "boom"},
+        {"set": "cr", "variant": "scratch", "seed": 0, "seconds": 2.0, "metrics": {"test/acc": 0.7}},
+        {"set": "cr", "variant": "scratch", "seed": 1, "seconds": 2.0, "metrics": {"test/acc": 0.6}},
+    ]
+    summary = tb.summarise(runs, ["cr"], ["pretrained", "scratch"], 2)
+    entry = summary["sets"]["cr"]
+    assert entry["pretrained"]["failed"] == 1 and entry["pretrained"]["runs"] == 1
+    assert entry["gain_pretrained"] == pytest.approx(15.0)
+    tb.print_table(summary, ["pretrained", "scratch"])
+    out = capsys.readouterr().out
+    assert "80.0 ± 0.0 (1/2)" in out and "65.0 ± 7.1" in out and "+15.0" in out and "79.8" in out
+
+
+def test_benchmark_end_to_end_and_resumes(toy_data, pretrained, tmp_path, cache_dir):
+    out, json_path = tmp_path / "bench", tmp_path / "result.json"
+    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        f"--data={toy_data}",
+        "--sets=trec,cr",
+        "--seeds=1",
+        f"--pretrained={pretrained}",
+        f"--out={out}",
+        f"--json={json_path}",
+        *FT,
+    ]
+
+    def bench() -> str:
+        proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    stdout = bench()
+    result = json.loads(json_path.read_text())
+    assert "stratified" in result["split_rule"] and result["data"]["cr"]["dropped_empty_lines"] == 1
+    assert result["data"]["trec"]["sizes"] == {"train": 270, "validation": 30, "test": 60}
+    for name in ("trec", "cr"):
+        for variant in ("pretrained", "scratch"):
+            (run,) = [r for r in result["runs"] if r["set"] == name and r["variant"] == variant]
+            assert not run.get("failed"), run.get("stderr_tail")
+            assert 0.0 <= run["metrics"]["test/acc"] <= 1.0 and run["seconds"] > 0
+            assert (Path(run["run_dir"]) / "metrics.json").exists()
+            assert 0.0 <= result["summary"]["sets"][name][variant]["mean"] <= 100.0
+    scratch = OmegaConf.load(out / "runs" / "cr" / "scratch-seed0" / "config.yaml")
+    tuned = OmegaConf.load(out / "runs" / "cr" / "pretrained-seed0" / "config.yaml")
+    assert scratch.finetune.from_scratch is True and tuned.finetune.from_scratch is False and scratch.seed == 0
+    assert Path(scratch.data.test).resolve() == (out / "data" / "cr" / "test.tsv").resolve()
+    assert "Kim CNN-rand" in stdout and "Kim CNN-word2vec" in stdout and "from scratch" in stdout
+    assert "TREC" in stdout and "91.2" in stdout and "85.0" in stdout and "mean gain" in stdout
+    assert "train 270, validation 30, test 60" in stdout
+
+    again = bench()
+    assert again.count(": done already (") == 4 and "$ attnfit-finetune" not in again
+    assert "4 of 4 runs were done already" in again and "WARNING" not in again
+    assert json.loads(json_path.read_text())["summary"]["sets"]["cr"]["scratch"]["mean"] == pytest.approx(
+        result["summary"]["sets"]["cr"]["scratch"]["mean"]
+    )
