@@ -6,6 +6,7 @@ checkpoint) → metrics → hparams → summary. What differs between tasks is a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from attnfit.recipes.common import (
     total_training_steps,
     write_metrics,
 )
+from attnfit.runs.lock import run_directory_lock
 from attnfit.tasks import Prepared, Task, get_task
 from attnfit.training.callbacks import StartupTimes
 
@@ -40,7 +42,22 @@ def run(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | N
     started = time.perf_counter()
     task = get_task(cfg.task.name)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError) as error:
+        raise ConfigError(f"cannot create the run directory {output_dir}: {error.strerror or error}") from None
+    with run_directory_lock(output_dir) if is_rank_zero() else contextlib.nullcontext():
+        return _run(cfg, callbacks, task, output_dir, started)
+
+
+def _run(
+    cfg: DictConfig, callbacks: list[L.Callback] | None, task: Task, output_dir: Path, started: float
+) -> float | None:
+    if not cfg.get("ckpt_path") and list((output_dir / "checkpoints").glob("*.ckpt")):
+        raise ConfigError(
+            f"{output_dir} already holds a run (see its checkpoints/); continue it with ckpt_path=auto, or start over "
+            "in a fresh hydra.run.dir"
+        )
     if "pretrained" in cfg and not cfg.pretrained:  # attnfit-finetune's config has the key, attnfit-train's not
         raise ConfigError(
             "pretrained=PATH is required: a run directory (as printed by attnfit-train), a .ckpt file or an "

@@ -1,0 +1,71 @@
+"""One owner per run directory: a lock file held for the life of a run, released on exit, and detected as stale
+when the process that wrote it is gone (a kill -9, a crashed machine)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from attnfit.errors import ConfigError
+
+LOCK_FILE = "run.lock"
+log = logging.getLogger("attnfit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _owner(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # half-written or unreadable: treated as stale
+
+
+@contextlib.contextmanager
+def run_directory_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN_DIR/run.lock`` while the block runs; ConfigError naming the owner if a live run holds it."""
+    path = Path(run_dir) / LOCK_FILE
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": sys.argv}
+    for _ in range(2):  # the second try follows the removal of a stale lock
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _owner(path) or {}
+            pid, host = owner.get("pid"), owner.get("host")
+            if isinstance(pid, int) and host == record["host"] and _alive(pid) and pid != os.getpid():
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+                raise ConfigError(
+                    f"run directory {run_dir} is in use by another run (PID {pid}, started {since}); wait for it, "
+                    f"or give this run its own hydra.run.dir"
+                ) from None
+            if isinstance(pid, int) and host not in (None, record["host"]):
+                raise ConfigError(
+                    f"run directory {run_dir} is locked by PID {pid} on host {host}; if that run is gone, remove "
+                    f"{path} and start again"
+                ) from None
+            log.warning("removed the stale lock of PID %s (no such process): %s", pid, path)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        break
+    try:
+        yield
+    finally:
+        if (_owner(path) or {}).get("pid") == os.getpid():
+            path.unlink(missing_ok=True)

@@ -1,0 +1,63 @@
+"""One owner per run directory: a live run's directory refuses a second run (two real processes), a stale lock of a
+dead process is named and taken over, and a finished run's directory refuses a new run unless it continues it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from tests.conftest import TINY
+
+
+def _env(cache_dir) -> dict:
+    return {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_a_second_run_into_a_live_run_directory_stops_naming_the_owner(run_cli, tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    slow = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=400"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "attnfit.train", *slow, f"hydra.run.dir={run_dir}"],
+        env=_env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "run.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        owner = json.loads((run_dir / "run.lock").read_text())
+        assert owner["pid"] == first.pid
+        second = run_cli("train", *TINY, f"hydra.run.dir={run_dir}", check=False)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"is in use by another run (PID {first.pid}" in second.stderr
+        log = run_dir / "train.log"
+        while "first step done" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        first.terminate()  # SIGTERM while training: the run saves its last step and exits cleanly
+        first.wait(timeout=120)
+    assert first.returncode == 143
+    assert not (run_dir / "run.lock").exists()  # released by its owner on the way out
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / "run.lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0}))
+    proc = run_cli("train", *TINY, f"hydra.run.dir={run_dir}")
+    assert f"removed the stale lock of PID {dead.pid}" in proc.stdout + proc.stderr
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert not (run_dir / "run.lock").exists()
+
+
+def test_a_finished_run_directory_refuses_a_new_run_but_continues_with_ckpt_path_auto(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("train", *TINY, f"hydra.run.dir={run_dir}")
+    again = run_cli("train", *TINY, "seed=7", f"hydra.run.dir={run_dir}", check=False)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "ckpt_path=auto" in again.stderr
+    run_cli("train", *TINY, "ckpt_path=auto", "trainer.max_steps=8", f"hydra.run.dir={run_dir}")
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 8
