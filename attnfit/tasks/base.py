@@ -32,6 +32,25 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     return resolved
 
 
+def datamodule_for(cfg: DictConfig, encoded: dict[str, Any], collator: Any, val_collator: Any = None) -> Any:
+    """The run's loaders over tokenized ``encoded`` splits (train, validation, optionally test), as ``cfg.data``
+    and ``cfg.seed`` say."""
+    from attnfit.training.datamodule import TokenizedDataModule
+
+    data = cfg.data
+    return TokenizedDataModule(
+        encoded["train"],
+        encoded["validation"],
+        collator,
+        val_collator or collator,
+        int(data.batch_size),
+        int(data.num_workers),
+        int(cfg.seed),
+        test=encoded.get("test"),
+        shuffle=bool(data.get("shuffle", True)),
+    )
+
+
 @dataclass
 class Prepared:
     """A task's data, ready for the Trainer, and the facts a run reports about it."""
@@ -87,8 +106,14 @@ class Task:
         shown = {k: v for k, v in metrics.items() if k.split("/")[0] in ("val", "test", "best")}
         return ["  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))]
 
+    predict_example: str = 'text="..." heatmap=true'  # what attnfit-predict takes, shown after a run
+
     def next_steps(self, run_dir: Path) -> list[str]:
-        return [f"attnfit-eval checkpoint={run_dir}", f"attnfit-export checkpoint={run_dir} out={run_dir / 'export'}"]
+        return [
+            f"attnfit-eval checkpoint={run_dir}",
+            f"attnfit-predict checkpoint={run_dir} {self.predict_example}",
+            f"attnfit-export checkpoint={run_dir} out={run_dir / 'export'}",
+        ]
 
     # ---- saved models -----------------------------------------------------------------------------------------
     def build_model(self, record: ModelRecord) -> nn.Module:

@@ -13,7 +13,7 @@ from torch import nn
 from attnfit.errors import ConfigError
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
 from attnfit.tasks import get_task
-from attnfit.tasks.base import Prepared, Task, container, run_config
+from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config
 
 log = logging.getLogger("attnfit")
 
@@ -127,7 +127,6 @@ class Classification(Task):
             load_classification_splits,
             tokenize_for_classification,
         )
-        from attnfit.training.datamodule import TokenizedDataModule
 
         data, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
         files = {split: data.get(split) for split in ("train", "validation", "test") if data.get(split)}
@@ -164,17 +163,7 @@ class Classification(Task):
         if cfg.task.get("class_weights"):
             weights = class_weights(encoded["train"]["label"], len(label_names)).tolist()
         collator = ClassificationCollator(special_token_id(tokenizer, "pad"))
-        datamodule = TokenizedDataModule(
-            encoded["train"],
-            encoded["validation"],
-            collator,
-            collator,
-            int(data.batch_size),
-            int(data.num_workers),
-            cfg.seed,
-            test=encoded.get("test"),
-            shuffle=bool(data.get("shuffle", True)),
-        )
+        datamodule = datamodule_for(cfg, encoded, collator)
         validation = encoded["validation"]
         rows = [validation[i] for i in range(min(4, len(validation)))]  # fixed examples for heat maps
         tokens = [[tokenizer.decode([t]).strip() or tokenizer.id_to_token(t) for t in row["input_ids"]] for row in rows]
@@ -212,13 +201,6 @@ class Classification(Task):
         if cfg.callbacks.get("heatmaps"):
             extra.append(AttentionHeatmaps(prepared.extra["examples"], prepared.extra["tokens"]))
         return extra
-
-    def next_steps(self, run_dir: Path) -> list[str]:
-        return [
-            f"attnfit-eval checkpoint={run_dir}",
-            f'attnfit-predict checkpoint={run_dir} text="..." heatmap=true',
-            f"attnfit-export checkpoint={run_dir} out={run_dir / 'export'}",
-        ]
 
     # ---- saved models -----------------------------------------------------------------------------------------
     def build_model(self, record: ModelRecord) -> nn.Module:

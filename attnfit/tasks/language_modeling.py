@@ -11,7 +11,7 @@ from torch import nn
 
 from attnfit.errors import ConfigError, DataError, check_choice
 from attnfit.pretrained import Artifact, ModelRecord
-from attnfit.tasks.base import Prepared, Task, container, run_config, timed
+from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config, timed
 
 
 def model_config_dict(cfg: DictConfig, vocab_size: int, pad_id: int = 0) -> dict[str, Any]:
@@ -76,7 +76,6 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
         tokenize_for_lm,
         unigram_cross_entropy,
     )
-    from attnfit.training.datamodule import TokenizedDataModule
 
     data, cache_dir, timings = cfg.data, Path(cfg.paths.cache_dir), {}
     files = {split: data.get(split) for split in ("train", "validation", "test") if data.get(split)}
@@ -120,17 +119,7 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
         train_collator, val_collator = masking_collators(cfg, tokenizer)
     else:
         train_collator = val_collator = CLMCollator(pad_id)
-    datamodule = TokenizedDataModule(
-        encoded["train"],
-        encoded["validation"],
-        train_collator,
-        val_collator,
-        int(data.batch_size),
-        int(data.num_workers),
-        cfg.seed,
-        test=encoded.get("test"),
-        shuffle=bool(data.get("shuffle", True)),
-    )
+    datamodule = datamodule_for(cfg, encoded, train_collator, val_collator)
     facts = {"unigram_baseline": baseline}
     return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts, timings=timings)
 

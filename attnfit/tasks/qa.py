@@ -20,7 +20,7 @@ from torch import nn
 from attnfit.errors import ConfigError, DataError
 from attnfit.pretrained import Artifact, ModelRecord
 from attnfit.tasks import get_task
-from attnfit.tasks.base import Prepared, Task, container, run_config
+from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config
 from attnfit.tasks.classification import (
     backbone_config,
     check_backbone,
@@ -46,6 +46,7 @@ def _with_examples(windows: Any, rows: Any) -> Any:
 
 class QuestionAnswering(Task):
     name = "qa"
+    predict_example = "question='...' context='...' heatmap=true"
 
     def monitor(self, cfg: DictConfig) -> tuple[str, str]:
         return "val/f1", "max"
@@ -74,7 +75,6 @@ class QuestionAnswering(Task):
     def prepare(self, cfg: DictConfig, tokenizers: tuple[Any, Any] | None) -> Prepared:
         from attnfit.data import special_token_id
         from attnfit.data.qa import QACollator, load_qa_splits, tokenize_for_qa
-        from attnfit.training.datamodule import TokenizedDataModule
 
         data, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
         files = {split: container(data.get(split)) for split in ("train", "validation", "test") if data.get(split)}
@@ -102,17 +102,7 @@ class QuestionAnswering(Task):
             if name in encoded:
                 encoded[name] = _with_examples(encoded[name], splits[name])
         collator = QACollator(special_token_id(tokenizer, "pad"))
-        datamodule = TokenizedDataModule(
-            encoded["train"],
-            encoded["validation"],
-            collator,
-            collator,
-            int(data.batch_size),
-            int(data.num_workers),
-            int(cfg.seed),
-            test=encoded.get("test"),
-            shuffle=bool(data.get("shuffle", True)),
-        )
+        datamodule = datamodule_for(cfg, encoded, collator)
         log.info(
             "data: %d training questions in %d windows of ≤ %d tokens; %d validation questions",
             len(splits["train"]),
@@ -147,13 +137,6 @@ class QuestionAnswering(Task):
 
     def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:
         return finetune_callbacks(cfg, module)
-
-    def next_steps(self, run_dir: Path) -> list[str]:
-        return [
-            f"attnfit-eval checkpoint={run_dir}",
-            f"attnfit-predict checkpoint={run_dir} question='...' context='...' heatmap=true",
-            f"attnfit-export checkpoint={run_dir} out={run_dir / 'export'}",
-        ]
 
     # ---- saved models -----------------------------------------------------------------------------------------
     def build_model(self, record: ModelRecord) -> nn.Module:

@@ -13,7 +13,7 @@ from torch import nn
 
 from attnfit.errors import ConfigError, check_choice
 from attnfit.pretrained import Artifact, ModelRecord
-from attnfit.tasks.base import Prepared, Task, container, run_config
+from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config
 
 log = logging.getLogger("attnfit")
 METRICS = ("bleu", "rouge")
@@ -96,7 +96,6 @@ class Seq2Seq(Task):
         from attnfit.data import special_token_id
         from attnfit.data.seq2seq import Seq2SeqCollator, load_parallel_splits, parallel_texts, tokenize_for_seq2seq
         from attnfit.data.tokenizer import get_tokenizer
-        from attnfit.training.datamodule import TokenizedDataModule
 
         data, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
 
@@ -153,17 +152,7 @@ class Seq2Seq(Task):
         if special_token_id(source_tok, "pad") != pad_id:
             raise ConfigError("source and target tokenizers must use the same <pad> id")
         collator = Seq2SeqCollator(pad_id)
-        datamodule = TokenizedDataModule(
-            encoded["train"],
-            encoded["validation"],
-            collator,
-            collator,
-            int(data.batch_size),
-            int(data.num_workers),
-            int(cfg.seed),
-            test=encoded.get("test"),
-            shuffle=bool(data.get("shuffle", True)),
-        )
+        datamodule = datamodule_for(cfg, encoded, collator)
         target = None if target_tok is source_tok else target_tok
         return Prepared(datamodule, source_tok, target, num_train=len(encoded["train"]))
 
