@@ -199,7 +199,7 @@ class NonFiniteGuard(L.Callback):
             return
         from attnfit.errors import NumericalError
 
-        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        last = _last_good_checkpoint(trainer)
         reason = f"after {self.skipped} skipped batches " if self.policy == "skip" else ""
         advice = "Lower optimizer.lr or check the data"
         if self.policy == "stop":
@@ -208,6 +208,21 @@ class NonFiniteGuard(L.Callback):
             f"non-finite loss or gradient at step {step} {reason}(NaN/Inf); training stopped. "
             f"Last good checkpoint: {last}. {advice}"
         )
+
+
+def _last_good_checkpoint(trainer: L.Trainer) -> str:
+    """The newest checkpoint of the run directory that loads and holds finite weights, or a note that none does."""
+    from attnfit.training.checkpoint_io import first_non_finite
+
+    directory = Path(trainer.default_root_dir) / "checkpoints"
+    for path in sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("state_dict", {})
+        except Exception:  # unreadable: not a good one
+            continue
+        if first_non_finite(state) is None:
+            return f"{path} (weights verified finite)"
+    return "none (no checkpoint with finite weights was saved before the fault)"
 
 
 class RestoreRngState(L.Callback):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,26 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+log = logging.getLogger("attnfit")
+
+
+def first_non_finite(state_dict: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or Inf, or None."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """A crash (or a full disk) while saving leaves the previous ``last.ckpt`` in place, never a truncated one."""
+    """A crash (or a full disk) while saving leaves the previous ``last.ckpt`` in place, never a truncated one;
+    weights with a NaN or Inf are never written, so every checkpoint on disk is a good one."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        bad = first_non_finite(checkpoint.get("state_dict") or {})
+        if bad is not None:
+            log.warning("%s not written: NaN/Inf in the weights (%s); the previous checkpoint is kept", path, bad)
+            return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -180,3 +180,23 @@ def test_unknown_keys_and_wrong_types_are_named_with_the_closest_valid_key(run_c
     proc = run_cli("train", *args, check=False)
     assert proc.returncode in (1, 2) and expected in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_weights_with_nan_or_inf_are_never_written_as_a_checkpoint(tmp_path):
+    """Every checkpoint on disk is a good one: a save with non-finite weights keeps the previous file, and the stop
+    message names the newest checkpoint whose weights are verified finite (or says there is none)."""
+    from types import SimpleNamespace
+
+    from attnfit.training.callbacks import _last_good_checkpoint
+
+    io, directory = AtomicCheckpointIO(), tmp_path / "checkpoints"
+    good = {"state_dict": {"model.w": torch.ones(3)}, "global_step": 1}
+    io.save_checkpoint(good, directory / "last.ckpt")
+    for bad_value in (float("nan"), float("inf")):
+        io.save_checkpoint({"state_dict": {"model.w": torch.tensor([1.0, bad_value])}}, directory / "last.ckpt")
+        io.save_checkpoint({"state_dict": {"model.w": torch.tensor([bad_value])}}, directory / "best.ckpt")
+    assert torch.load(directory / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert not (directory / "best.ckpt").exists()
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path))
+    assert _last_good_checkpoint(trainer) == f"{directory / 'last.ckpt'} (weights verified finite)"
+    assert _last_good_checkpoint(SimpleNamespace(default_root_dir=str(tmp_path / "empty"))).startswith("none")
