@@ -72,6 +72,8 @@ def _run(
 
     ckpt_path = resume_path(cfg.ckpt_path, output_dir)
     resume = load_artifact(ckpt_path) if ckpt_path else None
+    if resume is not None:
+        check_resume_overrides(cfg, resume)
     source = resume or pretrained  # the vocabulary is never retrained for a resumed or pretrained model
     log.info("start-up: preparing %s data", cfg.task.name)
     prepared = task.prepare(cfg, source.record.tokenizers() if source is not None else None)
@@ -121,6 +123,39 @@ def _run(
         log_final_hparams(trainer, cfg, metrics)
         summarise(cfg, task, metrics, module, prepared, trainer)
     return metrics.get(cfg.optimized_metric)
+
+
+# What a checkpoint has baked in: the architecture, the vocabulary, the objective, the optimizer's state and the
+# data order. A resume cannot honour a change to them, so it refuses one instead of silently keeping the old value.
+FIXED_ON_RESUME = ("model", "encoder", "attention", "decoder", "tokenizer", "task", "optimizer", "finetune", "seed",
+                   "data.seq_len", "data.packing", "data.batch_size")  # fmt: skip
+
+
+def check_resume_overrides(cfg: DictConfig, resume: Artifact) -> None:
+    """ConfigError naming every setting of :data:`FIXED_ON_RESUME` that differs from the checkpoint's run.
+    Schedules, step and time limits, logging and callbacks may change (a longer ``max_steps`` stretches the
+    schedule from where it is)."""
+    saved = resume.record.run_config
+    if not saved:  # a checkpoint of an older attnfit: nothing recorded to compare with
+        return
+    current = OmegaConf.to_container(cfg, resolve=True)
+    changed = []
+    for key in FIXED_ON_RESUME:
+        before, now = OmegaConf.select(OmegaConf.create(saved), key), OmegaConf.select(OmegaConf.create(current), key)
+        before = OmegaConf.to_container(before) if isinstance(before, DictConfig) else before
+        now = OmegaConf.to_container(now) if isinstance(now, DictConfig) else now
+        if before != now:
+            changed.append(f"{key} ({_short(before)} in the checkpoint, {_short(now)} now)")
+    if changed:
+        raise ConfigError(
+            f"resuming from {resume.source} cannot change {'; '.join(changed)}: the checkpoint has them baked in. "
+            "Drop these overrides to continue the run, or start a new run (fine-tune it with pretrained=)"
+        )
+
+
+def _short(value: object, width: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def adapt(cfg: DictConfig, pretrained: Artifact, prepared: Prepared, steps: int) -> Artifact:

@@ -61,3 +61,15 @@ def test_a_finished_run_directory_refuses_a_new_run_but_continues_with_ckpt_path
     assert again.returncode == 2 and "already holds a run" in again.stderr and "ckpt_path=auto" in again.stderr
     run_cli("train", *TINY, "ckpt_path=auto", "trainer.max_steps=8", f"hydra.run.dir={run_dir}")
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 8
+
+
+def test_resume_refuses_overrides_it_cannot_honour(run_cli, tmp_path):
+    """The checkpoint has the architecture, vocabulary and optimizer state baked in: changing them on resume is
+    refused in one line instead of being silently dropped (while config.yaml would claim them)."""
+    run_dir = tmp_path / "run"
+    run_cli("train", *TINY, f"hydra.run.dir={run_dir}")
+    for override, named in (("optimizer.lr=0.5", "optimizer"), ("tokenizer=char", "tokenizer"), ("seed=3", "seed")):
+        proc = run_cli("train", *TINY, "ckpt_path=auto", override, f"hydra.run.dir={run_dir}", check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+        assert f"cannot change {named} (" in proc.stderr and "in the checkpoint" in proc.stderr
+    run_cli("train", *TINY, "ckpt_path=auto", "trainer.max_steps=8", f"hydra.run.dir={run_dir}")  # limits may change
