@@ -7,7 +7,6 @@ into ``[cls] a [eos]`` / ``[cls] a [sep] b [eos]`` rows with integer labels, cac
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
@@ -163,10 +162,6 @@ def load_classification_splits(
                     f"use csv, tsv, json or parquet files with a text and a label column"
                 )
             kwargs: dict = {}
-            if fmt in ("csv", "tsv"):  # "NA", "null", "None" are texts (or labels), not missing values
-                kwargs["keep_default_na"] = False
-            if fmt == "tsv":
-                kwargs["quoting"] = csv.QUOTE_NONE
             if column_names is not None:
                 if fmt not in ("csv", "tsv"):
                     raise ConfigError(f"data.column_names applies to csv/tsv files only; {origin} is {fmt}")

@@ -8,7 +8,6 @@ teacher-forcing batches.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -131,10 +130,6 @@ def _read_table(
             f"files {{'source': ..., 'target': ...}} or as csv/tsv/json/parquet with a source and a target column"
         )
     kwargs: dict = {}
-    if fmt in ("csv", "tsv"):  # "NA" or "null" are sentences, not missing values
-        kwargs["keep_default_na"] = False
-    if fmt == "tsv":  # quotes in sentences are literal
-        kwargs["quoting"] = csv.QUOTE_NONE
     if column_names is not None:
         if fmt not in ("csv", "tsv"):
             raise ConfigError(f"data.column_names applies to csv/tsv files only; {origin} is {fmt}")

@@ -7,6 +7,7 @@ Everything goes through ``datasets`` so results are memory-mapped and cached bet
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import hashlib
 from collections.abc import Iterator
@@ -92,8 +93,12 @@ def split_format(split: str, paths: list[str], file_format: str | None) -> str:
 
 
 def _builder_args(fmt: str) -> tuple[str, dict]:
+    """The ``datasets`` builder and its options for a file format, the same for every task's reader: "NA", "null"
+    and "None" are texts, not missing values; quotes are literal in TSV (its fields hold no tabs)."""
     if fmt == "tsv":
-        return "csv", {"delimiter": "\t"}
+        return "csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}
+    if fmt == "csv":
+        return "csv", {"keep_default_na": False}
     return fmt, {}
 
 

@@ -239,3 +239,12 @@ def test_tail_split_holds_out_the_end_of_a_running_text(tmp_path):
     assert 0.09 <= share <= 0.11 and validation[0] == lines[len(train)]
     with pytest.raises(ConfigError, match="data.val_split 'end'"):
         load_text_splits("files", files={"train": str(path)}, val_split="end")
+
+
+def test_tsv_quotes_are_literal_as_in_every_other_reader(tmp_path):
+    """A double quote in a TSV row must not swallow the rows after it (it did: 400 rows became 320 examples)."""
+    rows = [f'he said "stop{i} and went' if i % 3 == 0 else f"plain row {i}" for i in range(40)]
+    path = tmp_path / "corpus.tsv"
+    path.write_text("text\n" + "\n".join(rows) + "\n")
+    splits = load_text_splits("files", files={"train": str(path), "validation": str(path)})
+    assert list(splits["train"]["text"]) == rows
