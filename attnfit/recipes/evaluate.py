@@ -25,6 +25,9 @@ def job_config(cfg: DictConfig, artifact: Artifact) -> DictConfig:
             f"{artifact.source} does not record its dataset; give one with data=... (e.g. data=files data.test=PATH)"
         )
     data = {**data, "batch_size": int(cfg.batch_size), "num_workers": 0}
+    trained = (run.get("data") or {}).get("seq_len")
+    if cfg.get("data") and trained is not None and int(data.get("seq_len", trained)) > int(trained):
+        data["seq_len"] = int(trained)  # a data= group's default length: the model was trained on shorter ones
     task = run.get("task") or {"name": artifact.task, "mask_prob": 0.15}
     if not isinstance(task, dict) or "name" not in task:
         task = {"name": artifact.task}

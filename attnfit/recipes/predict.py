@@ -32,6 +32,8 @@ def read_inputs(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[str
     if len(sources) > 1:
         raise ConfigError(f"give one of text=..., - (standard input) or file=..., not {' and '.join(sources)}")
     if "text" in given:
+        if not given["text"].strip():
+            raise DataError("text= is empty: give the text to predict on")
         return [given["text"]]
     if "lines" in given:
         lines = [line for line in given["lines"] if line.strip()]

@@ -239,6 +239,9 @@ class MaskedLM(LanguageModeling):
         mask_id = special_token_id(tokenizer, "mask")
         mask_token = tokenizer.id_to_token(mask_id)
         ids = tokenizer.encode(text, add_special_tokens=False).ids
+        max_len = int(artifact.model_config["max_len"])
+        if len(ids) > max_len:
+            raise DataError(f"the text is {len(ids)} tokens, longer than this model's {max_len} positions; shorten it")
         positions = [i for i, t in enumerate(ids) if t == mask_id]
         if not positions:
             raise DataError(f"a masked LM fills {mask_token} tokens; the text has none: {text!r}")

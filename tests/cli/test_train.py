@@ -133,3 +133,19 @@ def test_debug_presets_and_csv_logger_run(run_cli, tmp_path, preset):
     run_cli("train", *TINY, f"debug={preset}", "trainer.max_steps=4", "logger=csv", f"hydra.run.dir={run_dir}")
     assert (run_dir / "csv" / "metrics.csv").read_text().startswith(("epoch", "lr", "step", "train", "val"))
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_eval_scores_a_language_model_on_a_given_test_file(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("train", *TINY, "task=mlm", f"hydra.run.dir={run_dir}")
+    corpus = tmp_path / "held_out.txt"
+    corpus.write_text("\n".join(f"the cat {i} sees the dog ." for i in range(40)) + "\n")
+    out = tmp_path / "eval.json"
+    run_cli("eval", f"checkpoint={run_dir}", "data=files", f"data.train={corpus}", f"data.test={corpus}", f"out={out}")
+    record = json.loads(out.read_text())
+    assert record["split"] == "test" and record["metrics"]["loss"] > 0  # data.test= is the split scored
+    long = " ".join(["the <mask> sleeps ."] * 40)
+    proc = run_cli("predict", f"checkpoint={run_dir}", f"text={long}", check=False)
+    assert proc.returncode == 2 and "longer than this model's 32 positions" in proc.stderr
+    proc = run_cli("predict", f"checkpoint={run_dir}", "text=  ", check=False)
+    assert proc.returncode == 2 and "text= is empty" in proc.stderr
