@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from attnfit.errors import ConfigError, DataError
+from attnfit.errors import ConfigError, DataError, check_choice
 from attnfit.pretrained import Artifact, ModelRecord
 from attnfit.tasks import get_task
 from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config
@@ -33,6 +33,7 @@ from attnfit.tasks.classification import (
 
 log = logging.getLogger("attnfit")
 WINDOW_KEYS = ("seq_len", "doc_stride", "max_question_len")  # how contexts were cut into windows
+TRAIN_WINDOWS = ("all", "answer")  # all: windows without the answer learn the null position | answer: only these
 
 
 def _with_examples(windows: Any, rows: Any) -> Any:
@@ -53,7 +54,6 @@ class QuestionAnswering(Task):
 
     def check(self, cfg: DictConfig, pretrained: Artifact | None) -> None:
         from attnfit.data.qa import MALFORMED_POLICIES
-        from attnfit.errors import check_choice
         from attnfit.models.qa import QAConfig
 
         data = cfg.data
@@ -98,6 +98,12 @@ class QuestionAnswering(Task):
         tokenizer = tokenizers[0] if tokenizers is not None else task_tokenizer(cfg, texts, train._fingerprint)
         window = {key: int(data[key]) for key in WINDOW_KEYS}
         encoded = {name: tokenize_for_qa(ds, tokenizer, **window, split=name) for name, ds in splits.items()}
+        train_windows = str(data.get("train_windows", "all"))
+        check_choice("data.train_windows", train_windows, TRAIN_WINDOWS)
+        if train_windows == "answer":  # only windows that hold the answer train; decoding still reads them all
+            encoded["train"] = encoded["train"].filter(
+                lambda batch: [s > 0 for s in batch["start_position"]], batched=True, desc="windows with the answer"
+            )
         for name in ("validation", "test"):
             if name in encoded:
                 encoded[name] = _with_examples(encoded[name], splits[name])
