@@ -14,10 +14,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from attnfit.errors import ConfigError, TrainingInterrupted, check_choice
-from attnfit.tasks.base import container
+from attnfit.options import check_option_types, container
 from attnfit.training.callbacks import (
     GracefulShutdown,
     NonFiniteGuard,
@@ -30,43 +30,6 @@ from attnfit.training.callbacks import (
 from attnfit.training.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger("attnfit")
-
-
-# Options whose type a typo on the command line breaks (``seed=x``, ``optimizer.lr=1e-3x``): checked first so the
-# mistake is named instead of surfacing as a traceback deep inside a library.
-OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "seed": (int,),
-    "compile": (bool,),
-    "data.batch_size": (int,),
-    "data.seq_len": (int,),
-    "data.num_workers": (int,),
-    "optimizer.lr": (int, float),
-    "optimizer.weight_decay": (int, float),
-    "scheduler.warmup_steps": (int,),
-    "trainer.max_steps": (int,),
-    "data.shuffle": (bool,),
-    "data.packing": (bool,),
-    "finetune.from_scratch": (bool,),
-    "finetune.freeze_embeddings": (bool,),
-    "finetune.lora.enabled": (bool,),
-    "finetune.adapt_steps": (int,),
-    "task.class_weights": (bool,),
-    "task.joint_tokenizer": (bool,),
-    "task.tie_output": (bool,),
-    "heatmap": (bool,),
-    "merge_lora": (bool,),
-}
-
-
-def check_option_types(cfg: DictConfig) -> None:
-    """ConfigError naming any option of :data:`OPTION_TYPES` present in ``cfg`` with a value of the wrong type."""
-    for key, kinds in OPTION_TYPES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            expected = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
 def check_common(cfg: DictConfig) -> None:

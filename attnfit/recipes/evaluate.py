@@ -10,8 +10,8 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import ConfigError, DataError
+from attnfit.options import check_option_types, container
 from attnfit.pretrained import Artifact, load_artifact
-from attnfit.recipes.common import check_option_types, container
 from attnfit.recipes.predict import check_beam_size
 from attnfit.tasks import get_task
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from attnfit.errors import ConfigError
+from attnfit.options import check_option_types
 from attnfit.pretrained import export, load_artifact, load_pretrained
-from attnfit.recipes.common import check_option_types
 from attnfit.tasks import get_task
 
 

@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from attnfit.errors import ConfigError, DataError
+from attnfit.options import check_option_types
 from attnfit.pretrained import build_model, load_artifact
-from attnfit.recipes.common import check_option_types
 from attnfit.tasks import get_task
 
 

@@ -14,22 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from attnfit.pretrained import Artifact, ModelRecord
-
-
-def container(node: Any) -> Any:
-    """A resolved plain-Python copy of a config node (what models and checkpoints take)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved run config without Hydra's own node, as stored in checkpoints (plain data)."""
-    resolved = container(cfg)
-    resolved.pop("hydra", None)
-    return resolved
 
 
 def datamodule_for(cfg: DictConfig, encoded: dict[str, Any], collator: Any, val_collator: Any = None) -> Any:

@@ -11,9 +11,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attnfit.errors import ConfigError
+from attnfit.options import container, run_config
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
 from attnfit.tasks import get_task
-from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config
+from attnfit.tasks.base import Prepared, Task, datamodule_for
 
 log = logging.getLogger("attnfit")
 

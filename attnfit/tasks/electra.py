@@ -10,8 +10,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from attnfit.options import container, run_config
 from attnfit.pretrained import Artifact, ModelRecord
-from attnfit.tasks.base import Prepared, container, run_config
+from attnfit.tasks.base import Prepared
 from attnfit.tasks.language_modeling import LanguageModeling
 
 HEAD_KEYS = ("generator_dim_ratio", "generator_layers", "discriminator_weight", "temperature")

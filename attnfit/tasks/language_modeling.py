@@ -10,8 +10,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attnfit.errors import ConfigError, DataError, check_choice
+from attnfit.options import container, run_config
 from attnfit.pretrained import Artifact, ModelRecord
-from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config, timed
+from attnfit.tasks.base import Prepared, Task, datamodule_for, timed
 
 
 def model_config_dict(cfg: DictConfig, vocab_size: int, pad_id: int = 0) -> dict[str, Any]:

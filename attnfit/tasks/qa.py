@@ -18,9 +18,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attnfit.errors import ConfigError, DataError, check_choice
+from attnfit.options import container, run_config
 from attnfit.pretrained import Artifact, ModelRecord
 from attnfit.tasks import get_task
-from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config
+from attnfit.tasks.base import Prepared, Task, datamodule_for
 from attnfit.tasks.classification import (
     backbone_config,
     check_backbone,

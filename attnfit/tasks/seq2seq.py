@@ -12,8 +12,9 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from attnfit.errors import ConfigError, check_choice
+from attnfit.options import container, run_config
 from attnfit.pretrained import Artifact, ModelRecord
-from attnfit.tasks.base import Prepared, Task, container, datamodule_for, run_config
+from attnfit.tasks.base import Prepared, Task, datamodule_for
 
 log = logging.getLogger("attnfit")
 METRICS = ("bleu", "rouge")

@@ -74,15 +74,6 @@ def build_scheduler(
     )
 
 
-def lightning_optimization(model: torch.nn.Module, optimizer: dict, scheduler: dict, total_steps: int) -> dict:
-    """What ``LightningModule.configure_optimizers`` returns for a whole model: AdamW with weight decay on
-    matrices only, and a per-step schedule."""
-    opt, sched = dict(optimizer), dict(scheduler)
-    built = build_optimizer(decay_groups(model, opt.pop("weight_decay", 0.01)), **opt)
-    schedule = build_scheduler(built, sched.pop("name"), total_steps, **sched)
-    return {"optimizer": built, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
 def layerwise_groups(
     model: nn.Module,
     layers: list[list[nn.Parameter]],

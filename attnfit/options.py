@@ -1,0 +1,59 @@
+"""Config helpers every layer uses, free of Lightning (so ``attnfit-predict`` and model loading start fast):
+plain copies of config nodes and the type check of options a command-line typo breaks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from attnfit.errors import ConfigError
+
+
+def container(node: Any) -> Any:
+    """A resolved plain-Python copy of a config node (what models and checkpoints take)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config without Hydra's own node, as stored in checkpoints (plain data)."""
+    resolved = container(cfg)
+    resolved.pop("hydra", None)
+    return resolved
+
+
+# Options whose type a typo on the command line breaks (``seed=x``, ``optimizer.lr=1e-3x``): checked first so the
+# mistake is named instead of surfacing as a traceback deep inside a library.
+OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "seed": (int,),
+    "compile": (bool,),
+    "data.batch_size": (int,),
+    "data.seq_len": (int,),
+    "data.num_workers": (int,),
+    "optimizer.lr": (int, float),
+    "optimizer.weight_decay": (int, float),
+    "scheduler.warmup_steps": (int,),
+    "trainer.max_steps": (int,),
+    "data.shuffle": (bool,),
+    "data.packing": (bool,),
+    "finetune.from_scratch": (bool,),
+    "finetune.freeze_embeddings": (bool,),
+    "finetune.lora.enabled": (bool,),
+    "finetune.adapt_steps": (int,),
+    "task.class_weights": (bool,),
+    "task.joint_tokenizer": (bool,),
+    "task.tie_output": (bool,),
+    "heatmap": (bool,),
+    "merge_lora": (bool,),
+}
+
+
+def check_option_types(cfg: DictConfig) -> None:
+    """ConfigError naming any option of :data:`OPTION_TYPES` present in ``cfg`` with a value of the wrong type."""
+    for key, kinds in OPTION_TYPES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
