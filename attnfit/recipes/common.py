@@ -24,6 +24,7 @@ from attnfit.training.callbacks import (
     ProgressBar,
     RestoreRngState,
     SaveLastOnTrainEnd,
+    UnfinishedEpochState,
     StepCheckpoints,
     TokenThroughput,
 )
@@ -111,6 +112,7 @@ def build_trainer(
         SaveLastOnTrainEnd(str(checkpoint_dir / "last.ckpt")),
         GracefulShutdown(str(checkpoint_dir / "last.ckpt")),
         RestoreRngState(),
+        UnfinishedEpochState(),
         LearningRateMonitor(logging_interval="step"),
         TokenThroughput(every_n_batches=max(1, int(kwargs.get("log_every_n_steps", 10)))),
     ]
@@ -149,7 +151,7 @@ def fit(
         run_dir = Path(shutdown.path).parents[1]
         raise TrainingInterrupted(
             f"{name} received: training stopped after step {trainer.global_step} and saved {shutdown.saved}; "
-            f"continue with ckpt_path={run_dir}",
+            f"continue it exactly with the same command and ckpt_path={run_dir}",
             name,
         ) from None
 

@@ -225,4 +225,13 @@ def summarise(
         console.print(f"  {line}")
     entry = "attnfit-finetune" if "pretrained" in cfg else "attnfit-train"
     last = output_dir / "checkpoints" / "last.ckpt"
-    console.print(f"  {entry} ckpt_path={last} trainer.max_steps={2 * trainer.global_step}   # continue training")
+    console.print(f"  {entry} {continue_overrides(cfg, last, trainer.global_step)}   # continue training, exactly")
+
+
+def continue_overrides(cfg: DictConfig, last: Path, step: int) -> str:
+    """The overrides that continue a run from ``last`` to twice its steps as one uninterrupted run would have:
+    a decaying schedule keeps its span (``scheduler.decay_steps``), else a longer ``max_steps`` would stretch it."""
+    overrides = f"ckpt_path={last} trainer.max_steps={2 * step}"
+    if cfg.scheduler.name != "constant":
+        overrides += f" scheduler.decay_steps={cfg.scheduler.get('decay_steps') or step}"
+    return overrides

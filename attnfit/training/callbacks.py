@@ -84,6 +84,34 @@ class SaveLastOnTrainEnd(L.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer and loops, for resume
 
 
+class UnfinishedEpochState(L.Callback):
+    """Checkpoints record the epoch that the data position is in, so continuing from any of them is exact.
+
+    Lightning counts the last epoch as completed before the end-of-training checkpoint is written (and after a
+    resume at an epoch boundary its count lags one epoch behind), while the loader's state says "batch k of
+    epoch e"; a run continued from such a checkpoint would skip the rest of the epoch. Here the epoch counters
+    are set from the loader's epoch (e started, not processed), and at the end of training the last batch is
+    recorded as processed-but-uncompleted, the state of a step checkpoint written after it: the continuation
+    resumes after batch k, or at the next epoch when k was the epoch's last.
+    """
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+        loaders = (fit_loop or {}).get("state_dict", {}).get("combined_loader") or [{}]
+        if "epoch" not in loaders[0] or fit_loop["epoch_loop.batch_progress"]["current"]["processed"] == 0:
+            return  # not our resumable loader, or no epoch in progress
+        epochs, batches = fit_loop["epoch_progress"], fit_loop["epoch_loop.batch_progress"]
+        if epochs["total"]["completed"] != epochs["total"]["processed"]:
+            return  # saved at an epoch's end, before Lightning counted it completed: its restart logic handles that
+        epoch = int(loaders[0]["epoch"])
+        for progress in (epochs["total"], epochs["current"]):  # epoch `epoch`: started, not processed
+            progress["ready"] = progress["started"] = epoch + 1
+            progress["processed"] = progress["completed"] = epoch
+        if trainer.fit_loop.done:  # the end-of-training checkpoint
+            for progress in (batches["total"], batches["current"]):
+                progress["completed"] = min(progress["completed"], progress["processed"] - 1)
+
+
 class StepCheckpoints(L.Callback):
     """``step{N:06d}.ckpt`` every ``every_n_steps`` optimizer steps and/or ``every_n_minutes``; the newest
     ``keep_last_k`` are kept. (Lightning's ModelCheckpoint with ``monitor="step"`` defers a save that falls on

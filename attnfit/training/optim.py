@@ -61,16 +61,26 @@ def lr_multiplier(step: int, name: str, warmup_steps: int, total_steps: int, min
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    total_steps: int,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+    decay_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step schedule; its position is restored from checkpoints by Lightning."""
+    """A per-step schedule; its position is restored from checkpoints by Lightning. The decay spans
+    ``decay_steps`` when given, else the run's ``total_steps`` (so a fixed ``decay_steps`` keeps the schedule
+    when a run is continued with a larger ``max_steps``)."""
     check_choice("scheduler", name, SCHEDULES)
     if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
         raise ConfigError(
             f"scheduler.warmup_steps={warmup_steps} must be ≥ 0 and scheduler.min_lr_ratio={min_lr_ratio} in [0, 1]"
         )
+    if decay_steps is not None and decay_steps < 1:
+        raise ConfigError(f"scheduler.decay_steps={decay_steps} must be ≥ 1, or null for trainer.max_steps")
+    span = decay_steps or total_steps
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, name, warmup_steps, total_steps, min_lr_ratio)
+        optimizer, lambda step: lr_multiplier(step, name, warmup_steps, span, min_lr_ratio)
     )
 
 

@@ -166,6 +166,65 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_exit_cleanly_and_resume_exactly(ca
     _assert_same_state(run_dir, uninterrupted)
 
 
+# --- Exact continuation: a finished (or stopped) run continued with a larger max_steps equals one long run ---------
+
+SPAN = "scheduler.decay_steps=20"  # the uninterrupted run's schedule span, kept fixed while max_steps grows
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+@pytest.fixture(scope="module")
+def stopped_at_13(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run that ended on max_steps=13: mid-epoch (epochs are 8 batches), between two validations."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    _finish(_train(cache_dir, run_dir, "trainer.max_steps=13", SPAN))
+    return run_dir
+
+
+@pytest.mark.parametrize("checkpoint", ["last.ckpt", "step000011.ckpt", "best"])
+def test_continuing_a_finished_run_from_any_of_its_checkpoints_is_exact(
+    cache_dir, tmp_path, uninterrupted, stopped_at_13, checkpoint
+):
+    directory = stopped_at_13 / "checkpoints"
+    path = next(directory.glob("best-*.ckpt")) if checkpoint == "best" else directory / checkpoint
+    run_dir = tmp_path / "continued"
+    _finish(_train(cache_dir, run_dir, "trainer.max_steps=20", SPAN, f"ckpt_path={path}"))
+    _assert_same_state(run_dir, uninterrupted)
+
+
+def test_continuing_from_an_epoch_boundary_and_after_sigterm_is_exact(cache_dir, tmp_path, uninterrupted):
+    boundary = tmp_path / "boundary"  # 16 steps = exactly two epochs
+    _finish(_train(cache_dir, boundary, "trainer.max_steps=16", SPAN))
+    continued = tmp_path / "continued-boundary"
+    _finish(_train(cache_dir, continued, SPAN, f"ckpt_path={boundary / 'checkpoints' / 'last.ckpt'}"))
+    _assert_same_state(continued, uninterrupted)
+
+    stopped = tmp_path / "sigterm"  # SIGTERM, resumed to its own end (13), then continued to 20
+    code, stderr = _interrupt_at(_train(cache_dir, stopped, "trainer.max_steps=13", SPAN), stopped, 4, signal.SIGTERM)
+    assert code == 143, stderr[-3000:]
+    assert f"continue it exactly with the same command and ckpt_path={stopped}" in stderr
+    _finish(_train(cache_dir, stopped, "trainer.max_steps=13", SPAN, "ckpt_path=auto"))
+    continued = tmp_path / "continued-sigterm"
+    stderr = _finish(_train(cache_dir, continued, SPAN, f"ckpt_path={stopped / 'checkpoints' / 'last.ckpt'}"))
+    _assert_same_state(continued, uninterrupted)
+
+
+def test_the_suggested_continue_command_keeps_the_schedule(stopped_at_13):
+    from omegaconf import OmegaConf
+
+    from attnfit.recipes.run import continue_overrides
+
+    cfg = OmegaConf.create({"scheduler": {"name": "cosine", "decay_steps": None}})
+    last = stopped_at_13 / "checkpoints" / "last.ckpt"
+    assert continue_overrides(cfg, last, 13) == f"ckpt_path={last} trainer.max_steps=26 scheduler.decay_steps=13"
+    cfg.scheduler.name = "constant"
+    assert continue_overrides(cfg, last, 13) == f"ckpt_path={last} trainer.max_steps=26"
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
