@@ -24,9 +24,9 @@ from attnfit.training.callbacks import (
     ProgressBar,
     RestoreRngState,
     SaveLastOnTrainEnd,
-    UnfinishedEpochState,
     StepCheckpoints,
     TokenThroughput,
+    UnfinishedEpochState,
 )
 from attnfit.training.checkpoint_io import AtomicCheckpointIO
 
