@@ -14,10 +14,7 @@ import hashlib
 import json
 import logging
 import lzma
-import os
 import random
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +26,7 @@ import torch
 from datasets import Dataset, Features, List, Value
 from tokenizers import Tokenizer
 
+from attnfit.atomic import atomic_write
 from attnfit.data.lm import _pad
 from attnfit.data.sources import SOURCE_KINDS, _expand, _hub_splits, default_embedded_dir
 from attnfit.data.synthetic_qa import write_embedded_qa
@@ -274,16 +272,11 @@ def _rows_dataset(rows: list[dict], cache_dir: str | Path | None) -> Dataset:
     key = hashlib.sha256(f"{QA_DATA_VERSION}|".encode() + payload).hexdigest()[:32]
     final = default_embedded_dir(cache_dir).with_name("qa-rows") / key
     if not (final / "state.json").is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}."))
         try:
-            Dataset.from_list(rows, features=ROW_FEATURES).save_to_disk(str(tmp))
-            os.replace(tmp, final)
+            atomic_write(final, lambda tmp: Dataset.from_list(rows, features=ROW_FEATURES).save_to_disk(str(tmp)))
         except OSError:  # another process saved the same rows first
             if not (final / "state.json").is_file():
                 raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(final))
 
 

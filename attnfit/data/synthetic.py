@@ -16,12 +16,11 @@ Words and punctuation are separated by single spaces; one document is one line.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from attnfit.atomic import atomic_write
 from attnfit.errors import ConfigError
 
 CORPUS_VERSION = 1
@@ -283,15 +282,7 @@ def generate_lm_corpus(num_docs: int, seed: int = 0) -> list[str]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + os.replace so a crash never leaves a half-written file behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _meta_matches(meta_path: Path, meta: dict, paths: dict[str, Path]) -> bool:

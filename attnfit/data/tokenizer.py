@@ -9,14 +9,13 @@ Everything that matters is in the tokenizer.json, so ``Tokenizer.from_str``/``fr
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from attnfit.atomic import atomic_write
 from attnfit.errors import ConfigError, DataError, check_choice
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>", "<mask>", "<sep>", "<cls>"]
@@ -130,15 +129,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def _atomic_save(tok: Tokenizer, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tok.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tok.save(str(tmp)))
 
 
 def get_tokenizer(

@@ -13,20 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from attnfit.atomic import process_alive
 from attnfit.errors import ConfigError
 
 LOCK_FILE = "run.lock"
 log = logging.getLogger("attnfit")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 def _owner(path: Path) -> dict | None:
@@ -47,7 +38,7 @@ def run_directory_lock(run_dir: Path) -> Iterator[None]:
         except FileExistsError:
             owner = _owner(path) or {}
             pid, host = owner.get("pid"), owner.get("host")
-            if isinstance(pid, int) and host == record["host"] and _alive(pid) and pid != os.getpid():
+            if isinstance(pid, int) and host == record["host"] and process_alive(pid) and pid != os.getpid():
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
                 raise ConfigError(
                     f"run directory {run_dir} is in use by another run (PID {pid}, started {since}); wait for it, "

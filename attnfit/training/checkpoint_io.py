@@ -1,14 +1,15 @@
-"""Checkpoint files that are never half-written: temporary file, fsync, atomic rename."""
+"""Checkpoint files that are never half-written (temporary file, fsync, atomic rename) and never non-finite."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from attnfit.atomic import atomic_write
 
 log = logging.getLogger("attnfit")
 
@@ -30,19 +31,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if bad is not None:
             log.warning("%s not written: NaN/Inf in the weights (%s); the previous checkpoint is kept", path, bad)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-        finally:
-            tmp.unlink(missing_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp), durable=True)

@@ -71,7 +71,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypat
     io.save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
 
     def dies_halfway(obj, f, *args, **kwargs):
-        f.write(b"partial bytes")
+        Path(f).write_bytes(b"partial bytes")
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", dies_halfway)
@@ -80,6 +80,18 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypat
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["step"] == 1
     assert [p.name for p in Path(tmp_path).iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".last.ckpt.tmp-{int(dead.stdout)}-0a1b2c3d"  # a writer killed mid-write
+    orphan.write_bytes(b"half a checkpoint")
+    orphan_dir = tmp_path / f".rows.tmp-{int(dead.stdout)}-0a1b2c3e"
+    orphan_dir.mkdir()
+    live = tmp_path / f".best.ckpt.tmp-{os.getpid()}-0a1b2c3f"  # a writer still at work: left alone
+    live.write_bytes(b"in progress")
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "last.ckpt"])
 
 
 # --- Exact resume: kill -9, SIGTERM and Ctrl-C at random steps end where an uninterrupted run ends ---------------
