@@ -116,21 +116,39 @@ class Artifact:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its best checkpoint (else ``last.ckpt``); a file or export directory is itself."""
+    """A run directory means its best checkpoint as the run itself recorded it (else ``last.ckpt``); a file or
+    export directory is itself."""
     path = Path(str(path)).expanduser()  # a config may hand over a number or other scalar
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir() and not (path / EXPORT_CONFIG).exists():
         checkpoints = path / "checkpoints"
-        best = sorted(checkpoints.glob("best-*.ckpt"))
-        if best:
-            return best[-1]
+        best = recorded_best(checkpoints)
+        if best is not None:
+            return best
         if (checkpoints / "last.ckpt").exists():
             return checkpoints / "last.ckpt"
+        best_files = sorted(checkpoints.glob("best-*.ckpt"))  # no last.ckpt to ask: only one best is kept
+        if best_files:
+            return best_files[-1]
         raise CheckpointError(
             f"{path} is neither a run directory (no checkpoints/*.ckpt) nor an exported model (no {EXPORT_CONFIG})"
         )
     return path
+
+
+def recorded_best(checkpoints: Path) -> Path | None:
+    """The best checkpoint that the run's ``last.ckpt`` names (Lightning's ModelCheckpoint state), if it exists:
+    the run's own record, not file-name order (a stray ``best-*.ckpt`` of another run is never picked)."""
+    try:
+        state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing or unreadable: no record
+        return None
+    for key, value in (state.get("callbacks") or {}).items():
+        if key.startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("best_model_path"):
+            best = checkpoints / Path(str(value["best_model_path"])).name  # the run directory may have moved
+            return best if best.is_file() else None
+    return None
 
 
 def newest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, list[str]]:

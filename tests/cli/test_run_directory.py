@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,6 +62,14 @@ def test_a_finished_run_directory_refuses_a_new_run_but_continues_with_ckpt_path
     assert again.returncode == 2 and "already holds a run" in again.stderr and "ckpt_path=auto" in again.stderr
     run_cli("train", *TINY, "ckpt_path=auto", "trainer.max_steps=8", f"hydra.run.dir={run_dir}")
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 8
+
+    from attnfit.pretrained import resolve_checkpoint
+
+    recorded = resolve_checkpoint(run_dir)  # the best checkpoint as the run's own last.ckpt names it
+    assert recorded.name.startswith("best-step")
+    stray = run_dir / "checkpoints" / "best-step999999.ckpt"  # a higher step in its name, from elsewhere
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", stray)
+    assert resolve_checkpoint(run_dir) == recorded
 
 
 def test_resume_refuses_overrides_it_cannot_honour(run_cli, tmp_path):
