@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
 class RepeatableLoader(DataLoader):
@@ -88,6 +88,21 @@ class ResumableLoader(DataLoader):
         self.sampler.skip = batches * int(self.batch_size)
 
 
+class ShardSampler(Sampler[int]):
+    """Evaluation order sharded over ranks without padding: rank r reads rows r, r + W, r + 2W, … Each row is
+    scored exactly once (``DistributedSampler`` repeats rows to even the shards out, which would count them
+    twice in corpus-level metrics); ranks may get one batch more or less than others."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        self.indices = range(rank, len(dataset), num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class TokenizedDataModule(L.LightningDataModule):
     """Train/validation(/test) loaders with the task's collators; shuffling is seeded so runs repeat."""
 
@@ -143,8 +158,11 @@ class TokenizedDataModule(L.LightningDataModule):
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         world_size, rank = self._world()
         sampler = None
-        if world_size > 1:
-            sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        if world_size > 1:  # every rank needs a row, or its epoch-end collectives would wait forever
+            shard = len(dataset) >= world_size
+            sampler = (
+                ShardSampler(dataset, world_size, rank) if shard else DistributedSampler(dataset, world_size, rank)
+            )
         return RepeatableLoader(dataset, sampler=sampler, **self._common(self.val_collator))
 
     def val_dataloader(self) -> DataLoader:

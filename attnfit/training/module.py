@@ -63,3 +63,15 @@ class TaskModule(L.LightningModule):
 
     def log_learning_rate(self) -> None:
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``[value of rank 0, value of rank 1, …]`` under torch.distributed, else ``[value]``: the pieces of a
+    corpus-level metric (decoded sentences, answers) that each rank scored on its shard."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnfit.pretrained import ModelRecord
-from attnfit.training.module import Optimization, TaskModule
+from attnfit.training.module import Optimization, TaskModule, gather_objects
 
 
 class QAModule(TaskModule):
@@ -69,11 +69,22 @@ class QAModule(TaskModule):
             predictions[qid] = spans[0].text if spans else ""
         return predictions
 
+    def _merge_ranks(self) -> None:
+        """Under DDP each rank saw some windows of the set: every rank takes all of them, so EM/F1 are the whole
+        set's (a question's windows may be spread over ranks)."""
+        windows, examples = defaultdict(list), {}
+        for rank_windows, rank_examples in gather_objects((dict(self._windows), self._examples)):
+            for qid, items in rank_windows.items():
+                windows[qid].extend(items)
+            examples.update(rank_examples)
+        self._windows, self._examples = windows, examples
+
     def _log_epoch(self, split: str) -> None:
         from attnfit.data.qa_metrics import squad_scores
 
         total = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
         self.log(f"{split}/loss", (total[0] / total[1].clamp(min=1)).float())
+        self._merge_ranks()
         if not self._windows:
             return
         references = {qid: refs for qid, (_, refs) in self._examples.items()}

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from attnfit.models.seq2seq import Seq2SeqModel, beam_search, greedy_decode
 from attnfit.pretrained import ModelRecord
-from attnfit.training.module import Optimization, TaskModule
+from attnfit.training.module import Optimization, TaskModule, gather_objects
 
 METRICS = ("bleu", "rouge")
 
@@ -116,6 +116,11 @@ class Seq2SeqModule(TaskModule):
     test_step = validation_step
 
     def _log_epoch(self, split: str) -> dict[str, float]:
+        hypotheses, references = [], []  # under DDP: every rank's shard, so BLEU/ROUGE are the whole set's
+        for rank_hypotheses, rank_references in gather_objects((self._hypotheses, self._references)):
+            hypotheses += rank_hypotheses
+            references += rank_references
+        self._hypotheses, self._references = hypotheses, references
         total = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
         loss = (total[0] / total[1].clamp(min=1)).float()
         self.log(f"{split}/loss", loss, sync_dist=False)

@@ -17,3 +17,46 @@ def test_repeat_masks_gives_identical_validation_passes():
     plain = DataLoader(rows, batch_size=4, collate_fn=MLMCollator(0, 4, 60, (0, 1, 2, 3, 4, 5, 6), seed=3))
     first, second = [b["labels"] for b in plain], [b["labels"] for b in plain]
     assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))  # training masks do change
+
+
+def _score_shard(rank: int, world: int, port: int, rows: int, out: str) -> None:
+    """One DDP rank: read its evaluation shard, then gather every rank's rows as the QA/seq2seq modules do."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from attnfit.training.datamodule import ShardSampler
+    from attnfit.training.module import gather_objects
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mine = list(ShardSampler(list(range(rows)), world, rank))
+        gathered = gather_objects(mine)
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(gathered, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_corpus_metrics_under_ddp_score_every_row_exactly_once(tmp_path):
+    """Two gloo processes over 7 rows: the shards are disjoint, cover the set, and every rank gathers all of them
+    (DistributedSampler would repeat a row to even the shards out, and rank zero alone would see half)."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from attnfit.training.module import gather_objects
+
+    assert gather_objects("alone") == ["alone"]  # no process group: the value itself
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "gathered.json"
+    mp.start_processes(_score_shard, args=(2, port, 7, str(out)), nprocs=2, start_method="fork")
+    gathered = json.loads(out.read_text())
+    assert gathered == [[0, 2, 4, 6], [1, 3, 5]]
+    assert sorted(i for shard in gathered for i in shard) == list(range(7))
