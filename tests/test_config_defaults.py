@@ -92,3 +92,17 @@ def test_data_fallbacks_in_tasks_agree_with_the_data_configs():
             if key in values and repr(yaml.safe_load(fallback)) not in values[key]:
                 problems.append(f"{path.name}: data.{key} falls back to {fallback}, configs/data say {values[key]}")
     assert problems == []
+
+
+def test_every_experiment_composes_into_a_checked_config():
+    """Each named recipe composes on its entry point (fine-tuning recipes on attnfit-finetune) and passes the checks
+    every run makes before reading data, so a recipe in the README cannot be broken by a renamed key."""
+    from attnfit.recipes.common import check_common
+
+    finetune_only = {"sms_spam"}
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        for experiment in _options("experiment"):
+            entry = "finetune" if experiment in finetune_only else "train"
+            cfg = compose(entry, overrides=[f"experiment={experiment}"], return_hydra_config=False)
+            assert cfg.get("run_name"), experiment
+            check_common(cfg)
