@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from attnfit.errors import ConfigError
+from attnfit.errors import CheckpointError, ConfigError
 from attnfit.options import container, run_config
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
 from attnfit.tasks import get_task
@@ -207,9 +207,12 @@ class Classification(Task):
     def build_model(self, record: ModelRecord) -> nn.Module:
         from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier
 
-        return SequenceClassifier(
-            ModelConfig.from_dict(record.model_config), ClassifierConfig.from_dict(record.head_config or {})
-        )
+        head = ClassifierConfig.from_dict(record.head_config or {})
+        if record.label_names is not None and len(record.label_names) != head.num_labels:
+            raise CheckpointError(
+                f"its {len(record.label_names)} label names do not match the classifier's {head.num_labels} outputs"
+            )
+        return SequenceClassifier(ModelConfig.from_dict(record.model_config), head)
 
     def evaluation_data(self, job: DictConfig, artifact: Artifact, split: str) -> Any:
         return self.prepare(job, artifact.record.tokenizers(), label_names=artifact.label_names).datamodule
