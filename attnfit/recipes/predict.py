@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from attnfit.errors import ConfigError, DataError
-from attnfit.options import check_option_types
+from attnfit.errors import AttnfitError, ConfigError, DataError
+from attnfit.options import check_option_types, output_dir, write_text
 from attnfit.pretrained import build_model, load_artifact
 from attnfit.tasks import get_task
 
@@ -62,16 +62,16 @@ def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[st
     check_option_types(cfg)
     check_beam_size(cfg.get("beam_size"))
     inputs = read_inputs(cfg, free)
+    out = output_dir(cfg.out, "out")
     artifact = load_artifact(cfg.checkpoint)
     task = get_task(artifact.task)
     model = build_model(artifact).eval()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
-    results = [task.predict(model, artifact, text, cfg, out, i) for i, text in enumerate(inputs)]
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for result in results:
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
+    try:  # heat maps are written as the inputs go
+        results = [task.predict(model, artifact, text, cfg, out, i) for i, text in enumerate(inputs)]
+    except OSError as error:
+        raise AttnfitError(f"cannot write into out={out}: {error.strerror or error}") from None
+    write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     print(f"predictions written to {out / 'predictions.jsonl'}")
     return results
 
