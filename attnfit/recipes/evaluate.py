@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from attnfit.errors import ConfigError, DataError
 from attnfit.options import check_option_types, container, output_file, write_text
@@ -55,7 +56,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out = output_file(cfg.out if cfg.get("out") else default_output(artifact, cfg.split), "out")
     job = job_config(cfg, artifact)
     task = get_task(artifact.task)
-    datamodule = task.evaluation_data(job, artifact, str(cfg.split))
+    try:
+        datamodule = task.evaluation_data(job, artifact, str(cfg.split))
+    except (ConfigAttributeError, ConfigKeyError) as error:  # a data= group written for another task
+        raise ConfigError(
+            f"data= does not fit a {artifact.task} model: it has no data.{error.key}; give a {artifact.task} data "
+            "group, or leave data= out to use the data the model was trained on"
+        ) from None
     splits = {"train": datamodule.train, "validation": datamodule.validation, "test": datamodule.test}
     available = [name for name, ds in splits.items() if ds is not None]
     if cfg.split not in available:

@@ -65,6 +65,13 @@ def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[st
     out = output_dir(cfg.out, "out")
     artifact = load_artifact(cfg.checkpoint)
     task = get_task(artifact.task)
+    given = [key for key in ("question", "context") if (free or {}).get(key) is not None or cfg.get(key) is not None]
+    unread = [key for key in given if key not in task.predict_keys]
+    if unread:
+        raise ConfigError(
+            f"{'= and '.join(unread)}= are for question answering; {artifact.source} is a {artifact.task} model: "
+            "give text=... (a tab separates the two texts of a pair)"
+        )
     model = build_model(artifact).eval()
     torch.manual_seed(int(cfg.seed))
     try:  # heat maps are written as the inputs go
