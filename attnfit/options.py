@@ -3,10 +3,13 @@ plain copies of config nodes and the type check of options a command-line typo b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from attnfit.errors import AttnfitError, ConfigError
 
@@ -90,3 +93,15 @@ def write_text(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
     except OSError as error:
         raise AttnfitError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@contextmanager
+def data_fits(what: str, fix: str) -> Iterator[None]:
+    """A ``data=`` group written for another task lacks keys this task reads: name the key (and ``fix``), not a
+    traceback from deep inside the data code."""
+    try:
+        yield
+    except (ConfigAttributeError, ConfigKeyError) as error:
+        key = error.full_key or error.key
+        key = key if str(key).startswith("data.") else f"data.{key}"
+        raise ConfigError(f"data= does not fit {what}: it has no {key}; {fix}") from None

@@ -8,10 +8,9 @@ from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from attnfit.errors import ConfigError, DataError
-from attnfit.options import check_option_types, container, output_file, write_text
+from attnfit.options import check_option_types, container, data_fits, output_file, write_text
 from attnfit.pretrained import Artifact, load_artifact
 from attnfit.recipes.predict import check_beam_size
 from attnfit.tasks import get_task
@@ -56,13 +55,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out = output_file(cfg.out if cfg.get("out") else default_output(artifact, cfg.split), "out")
     job = job_config(cfg, artifact)
     task = get_task(artifact.task)
-    try:
+    with data_fits(f"a {artifact.task} model", "give its own kind of data=, or leave data= out for the data it was trained on"):
         datamodule = task.evaluation_data(job, artifact, str(cfg.split))
-    except (ConfigAttributeError, ConfigKeyError) as error:  # a data= group written for another task
-        raise ConfigError(
-            f"data= does not fit a {artifact.task} model: it has no data.{error.key}; give a {artifact.task} data "
-            "group, or leave data= out to use the data the model was trained on"
-        ) from None
     splits = {"train": datamodule.train, "validation": datamodule.validation, "test": datamodule.test}
     available = [name for name, ds in splits.items() if ds is not None]
     if cfg.split not in available:
