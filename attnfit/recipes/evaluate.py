@@ -55,7 +55,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out = output_file(cfg.out if cfg.get("out") else default_output(artifact, cfg.split), "out")
     job = job_config(cfg, artifact)
     task = get_task(artifact.task)
-    with data_fits(f"a {artifact.task} model", "give its own kind of data=, or leave data= out for the data it was trained on"):
+    fix = "give its own kind of data=, or leave data= out for the data it was trained on"
+    with data_fits(f"a {artifact.task} model", fix):
         datamodule = task.evaluation_data(job, artifact, str(cfg.split))
     splits = {"train": datamodule.train, "validation": datamodule.validation, "test": datamodule.test}
     available = [name for name, ds in splits.items() if ds is not None]

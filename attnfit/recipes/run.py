@@ -77,7 +77,7 @@ def _run(
         check_resume_overrides(cfg, resume)
     source = resume or pretrained  # the vocabulary is never retrained for a resumed or pretrained model
     log.info("start-up: preparing %s data", cfg.task.name)
-    with data_fits(f"task={cfg.task.name}", f"choose a data= group for task={cfg.task.name} (see attnfit-train --help)"):
+    with data_fits(f"task={cfg.task.name}", f"choose a data= group for task={cfg.task.name} (attnfit-train --help)"):
         prepared = task.prepare(cfg, source.record.tokenizers() if source is not None else None)
     steps = ", ".join(f"{name.removesuffix('_s')} {seconds:.2f} s" for name, seconds in prepared.timings.items())
     elapsed = time.perf_counter() - started
