@@ -105,3 +105,16 @@ def data_fits(what: str, fix: str) -> Iterator[None]:
         key = error.full_key or error.key
         key = key if str(key).startswith("data.") else f"data.{key}"
         raise ConfigError(f"data= does not fit {what}: it has no {key}; {fix}") from None
+
+
+def input_length(requested: Any, positions: int) -> int:
+    """``max_len=`` of attnfit-predict (inputs are cut to it): the model's ``positions`` when unset; more than the
+    model has, or less than one token, is refused rather than failing inside the model."""
+    if requested is None:
+        return positions
+    if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= positions:
+        raise ConfigError(
+            f"max_len={requested!r} must be a whole number from 1 to {positions} (the model's positions); inputs "
+            "longer than it are cut to it"
+        )
+    return requested

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attnfit.errors import CheckpointError, ConfigError
-from attnfit.options import container, run_config
+from attnfit.options import container, input_length, run_config
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
 from attnfit.tasks import get_task
 from attnfit.tasks.base import Prepared, Task, datamodule_for
@@ -235,7 +235,7 @@ class Classification(Task):
         rows = {"text": [first], "label": [label_names[0]]}
         if second:
             rows["text_pair"] = [second]
-        max_len = int(cfg.get("max_len") or artifact.model_config["max_len"])
+        max_len = input_length(cfg.get("max_len"), int(artifact.model_config["max_len"]))
         ids = tokenize_for_classification(Dataset.from_dict(rows), tokenizer, max_len, label_names, split="predict")[0][
             "input_ids"
         ]
