@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import ConfigError, TrainingInterrupted, check_choice
 from attnfit.options import check_option_types, container
@@ -40,7 +40,31 @@ def check_common(cfg: DictConfig) -> None:
     check_option_types(cfg)
     check_loader(cfg.data)
     check_trainer(cfg)
+    check_run_options(cfg)
     check_optimization(cfg)
+
+
+def check_run_options(cfg: DictConfig) -> None:
+    """Seed, sweep objective and callback settings that a typo would otherwise turn into a traceback or silently
+    into something else (an unknown progress bar into Lightning's own, ``optimized_mode=up`` into min)."""
+    seed = cfg.get("seed")
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed} must be from 0 to {2**32 - 1}")
+    check_choice("optimized_mode", cfg.get("optimized_mode", "min"), ("min", "max"))
+    callbacks = cfg.get("callbacks") or {}
+    check_choice("callbacks.progress_bar", callbacks.get("progress_bar", "rich"), ("rich", "none"))
+    every = OmegaConf.select(cfg, "callbacks.checkpoint.every_n_steps")
+    if every is not None and (not _whole(every) or every < 1):
+        raise ConfigError(f"callbacks.checkpoint.every_n_steps={every!r} must be a whole number ≥ 1, or null (off)")
+    minutes = OmegaConf.select(cfg, "callbacks.checkpoint.every_n_minutes")
+    if minutes is not None and (not _number(minutes) or not 0 < minutes < math.inf):
+        raise ConfigError(f"callbacks.checkpoint.every_n_minutes={minutes!r} must be a number > 0, or null (off)")
+    keep = OmegaConf.select(cfg, "callbacks.checkpoint.keep_last_k", default=1)
+    if not _whole(keep) or keep < 1:
+        raise ConfigError(f"callbacks.checkpoint.keep_last_k={keep!r} must be a whole number ≥ 1")
+    skips = OmegaConf.select(cfg, "callbacks.nonfinite.max_skips", default=0)
+    if not _whole(skips) or skips < 0:
+        raise ConfigError(f"callbacks.nonfinite.max_skips={skips!r} must be a whole number ≥ 0")
 
 
 def check_loader(data: DictConfig) -> None:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from attnfit.errors import ConfigError, DataError
 from attnfit.options import check_option_types, container, data_fits, output_file, write_text
 from attnfit.pretrained import Artifact, load_artifact
-from attnfit.recipes.predict import check_beam_size
+from attnfit.recipes.predict import check_counts
 from attnfit.tasks import get_task
 
 
@@ -50,7 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
     check_option_types(cfg)
-    check_beam_size(cfg.get("beam_size"))
+    check_counts(cfg)
     artifact = load_artifact(cfg.checkpoint)
     out = output_file(cfg.out if cfg.get("out") else default_output(artifact, cfg.split), "out")
     job = job_config(cfg, artifact)

@@ -4,6 +4,7 @@ filled masks, translations or answers, with attention heat maps on request."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[st
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
     check_option_types(cfg)
-    check_beam_size(cfg.get("beam_size"))
+    check_counts(cfg)
     inputs = read_inputs(cfg, free)
     out = output_dir(cfg.out, "out")
     artifact = load_artifact(cfg.checkpoint)
@@ -83,6 +84,27 @@ def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[st
     return results
 
 
-def check_beam_size(beam_size: Any) -> None:
-    if beam_size is not None and (isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1):
-        raise ConfigError(f"beam_size={beam_size!r} must be an integer ≥ 1 (1 = greedy), or null for the checkpoint's")
+# Options of attnfit-predict and attnfit-eval that count something: a whole number ≥ 1 (null: the default), so
+# that 0 or a negative number stops here instead of inside a model (top_k) or as an empty result (n_best).
+COUNTS = {
+    "beam_size": "an integer ≥ 1 (1 = greedy), or null for the checkpoint's",
+    "top_k": "an integer ≥ 1 (sample from the k likeliest tokens), or null for no limit",
+    "max_new_tokens": "an integer ≥ 1",
+    "n_best": "an integer ≥ 1",
+    "max_answer_len": "an integer ≥ 1 (tokens), or null for the checkpoint's",
+    "batch_size": "an integer ≥ 1",
+}
+
+
+def check_counts(cfg: DictConfig) -> None:
+    """ConfigError naming the first option of :data:`COUNTS` in ``cfg`` that is not a whole number ≥ 1; a
+    negative ``temperature`` (0 is greedy) too."""
+    for key, rule in COUNTS.items():
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key}={value!r} must be {rule}")
+    temperature = cfg.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf
+    ):
+        raise ConfigError(f"temperature={temperature!r} must be a number ≥ 0 (0 = greedy, 1 = the model's own)")

@@ -120,6 +120,11 @@ def _run(
         )
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics.update(prepared.facts)
+    if cfg.optimized_metric not in metrics:  # a typo, or no validation ran: say so rather than record nothing
+        logged = ", ".join(sorted(k for k in metrics if k.startswith(("val/", "test/", "best/"))))
+        log.warning(
+            "optimized_metric=%s was not logged by this run; logged: %s", cfg.optimized_metric, logged or "none"
+        )
     if trainer.is_global_zero:
         write_metrics(output_dir, metrics)
         log_final_hparams(trainer, cfg, metrics)
