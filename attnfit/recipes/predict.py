@@ -44,7 +44,7 @@ def read_inputs(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[str
     if "file" in given:
         path = Path(given["file"])
         if not path.is_file():
-            raise DataError(f"input file {path} does not exist")
+            raise DataError(f"input file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
         try:
             lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as error:
