@@ -40,14 +40,16 @@ def explain_unknown_keys(config_name: str) -> Iterator[None]:
 def check_run_dir_arguments(argv: list[str]) -> None:
     """Hydra creates the run directory before attnfit's code runs and reports one it cannot create with a
     traceback: a literal ``hydra.run.dir=`` or ``search.dir=`` that is a file or cannot be created stops here."""
-    from attnfit.errors import ConfigError
+    from attnfit.errors import ConfigError, disk_is_full
     from attnfit.options import output_dir
 
     for arg in argv:
         key, eq, value = arg.partition("=")
         if eq and key.lstrip("+") in ("hydra.run.dir", "search.dir") and value and "${" not in value:
             try:
-                output_dir(value, key.lstrip("+"))
+                directory = output_dir(value, key.lstrip("+"))
+                if disk_is_full(directory):  # Hydra's own first write would fail
+                    raise ConfigError(f"{key.lstrip('+')}={value}: its disk is full (under 1 MiB free); free space")
             except ConfigError as error:
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from attnfit.errors import AttnfitError, ConfigError
+from attnfit.errors import AttnfitError, ConfigError, disk_is_full
 from attnfit.options import check_option_types, output_dir
 from attnfit.pretrained import export, load_artifact, load_pretrained
 from attnfit.tasks import get_task
@@ -27,8 +27,10 @@ def export_model(cfg: DictConfig) -> Path:
     artifact = load_artifact(cfg.checkpoint)
     try:
         export(artifact, out, merge_lora=bool(cfg.merge_lora))
-    except OSError as error:  # a full disk while writing the weights
-        raise AttnfitError(f"cannot write the export into out={out}: {error.strerror or error}") from None
+    except Exception as error:  # safetensors reports a full disk as its own error
+        if not disk_is_full(out, error):
+            raise
+        raise AttnfitError(f"cannot write the export into out={out}: the disk is full; free some space") from None
     load_pretrained(out)  # proves the directory loads on its own
     print(f"exported {artifact.task} model from {artifact.source} to {out}:")
     for path in sorted(out.iterdir()):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from attnfit.errors import disk_is_full
 
 log = logging.getLogger("attnfit")
 
@@ -21,16 +22,6 @@ def first_non_finite(state_dict: dict[str, Any]) -> str | None:
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return name
     return None
-
-
-def _disk_is_full(partial: Path) -> bool:
-    """After a failed write: is the file system of ``partial`` out of space (less than its size left, or 1 MiB)?"""
-    try:
-        free = shutil.disk_usage(partial.parent).free
-        written = partial.stat().st_size if partial.exists() else 0
-    except OSError:
-        return False
-    return free < max(written, 1 << 20)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -52,7 +43,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
         except RuntimeError as error:  # torch's zip writer reports a full disk as an "enforce fail"
-            if _disk_is_full(tmp):
+            if disk_is_full(path.parent, error):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
             raise
         finally:
