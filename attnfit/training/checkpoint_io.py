@@ -42,7 +42,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-        except RuntimeError as error:  # torch's zip writer reports a full disk as an "enforce fail"
+        except (RuntimeError, OSError) as error:  # torch's zip writer: a full disk is an "enforce fail"; name the file
             if disk_is_full(path.parent, error):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
             raise

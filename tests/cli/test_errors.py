@@ -4,6 +4,7 @@ work, so most of these runs take only the start-up; one tiny classifier (and its
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -21,6 +23,8 @@ from attnfit.cli import CONFIG_DIR
 from attnfit.errors import ConfigError
 from attnfit.recipes.common import check_common
 from attnfit.recipes.predict import check_counts
+from attnfit.runs.status import run_recorded
+from attnfit.training.checkpoint_io import AtomicCheckpointIO
 from tests.conftest import TINY
 
 
@@ -181,3 +185,23 @@ def test_search_config_mistakes_stop_before_the_first_trial(cache_dir, tmp_path,
     proc = cli(cache_dir, tmp_path, "cli.search", *TINY, "hparams_search=optuna", f"search.dir={tmp_path / 's'}", *args)
     assert_one_line(proc, expected)
     assert "trial 0" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "library_error", [OSError(errno.ENOSPC, "No space left on device"), RuntimeError("enforce fail")]
+)
+def test_a_disk_that_fills_up_while_saving_is_one_line(tmp_path, monkeypatch, capsys, library_error):
+    """torch's zip writer reports a full disk as a RuntimeError; the entry point says what happened in one line."""
+
+    def fills_up(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise library_error
+
+    monkeypatch.setattr(torch, "save", fills_up)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 20, 1 << 20, 0))
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(SystemExit) as exit_:
+        run_recorded(lambda cfg: AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, path), OmegaConf.create({}))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: the disk is full: {path} could not be written")
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
