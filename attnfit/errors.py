@@ -6,7 +6,10 @@ Entry points catch :class:`AttnfitError` and print ``str(error)``; everything el
 from __future__ import annotations
 
 import difflib
+import errno
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class AttnfitError(Exception):
@@ -54,3 +57,14 @@ def check_choice(what: str, value: object, choices: Iterable[str], cls: type[Att
     choices = list(choices)
     if value not in choices:
         raise choice_error(what, value, choices, cls)
+
+
+def disk_is_full(directory: str | Path, error: BaseException | None = None) -> bool:
+    """Whether the disk of ``directory`` is full: ``error`` (raised while writing there) is an ENOSPC/EDQUOT
+    OSError, or less than 1 MiB is left (a library's own error: torch's zip writer, safetensors)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < 1 << 20
+    except OSError:
+        return False

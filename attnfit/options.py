@@ -3,11 +3,15 @@ plain copies of config nodes and the type check of options a command-line typo b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from attnfit.errors import ConfigError
+from attnfit.errors import AttnfitError, ConfigError
 
 
 def container(node: Any) -> Any:
@@ -57,3 +61,60 @@ def check_option_types(cfg: DictConfig) -> None:
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             expected = " or ".join(k.__name__ for k in kinds)
             raise ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def output_dir(path: str | Path, key: str) -> Path:
+    """The directory ``key=path`` names, created; ConfigError where it is a file or cannot be created."""
+    path = Path(str(path)).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is a file, not a directory; give a directory to write into")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a parent is a file, no permission, a read-only file system
+        raise ConfigError(f"{key}={path} cannot be created: {error.strerror or error}") from None
+    return path
+
+
+def output_file(path: str | Path, key: str) -> Path:
+    """The file ``key=path`` names, its directory created; ConfigError where it is a directory or cannot be made."""
+    path = Path(str(path)).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{key}={path} is a directory; give a file name such as {path / 'results.json'}")
+    try:
+        output_dir(path.parent, key)
+    except ConfigError as error:
+        raise ConfigError(f"{key}={path}: its directory {str(error).partition('=')[2]}") from None
+    return path
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a result file; a full disk or a vanished directory is one line, not a traceback."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise AttnfitError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@contextmanager
+def data_fits(what: str, fix: str) -> Iterator[None]:
+    """A ``data=`` group written for another task lacks keys this task reads: name the key (and ``fix``), not a
+    traceback from deep inside the data code."""
+    try:
+        yield
+    except (ConfigAttributeError, ConfigKeyError) as error:
+        key = error.full_key or error.key
+        key = key if str(key).startswith("data.") else f"data.{key}"
+        raise ConfigError(f"data= does not fit {what}: it has no {key}; {fix}") from None
+
+
+def input_length(requested: Any, positions: int) -> int:
+    """``max_len=`` of attnfit-predict (inputs are cut to it): the model's ``positions`` when unset; more than the
+    model has, or less than one token, is refused rather than failing inside the model."""
+    if requested is None:
+        return positions
+    if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= positions:
+        raise ConfigError(
+            f"max_len={requested!r} must be a whole number from 1 to {positions} (the model's positions); inputs "
+            "longer than it are cut to it"
+        )
+    return requested

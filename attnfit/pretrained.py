@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnfit.errors import CheckpointError
+from attnfit.errors import AttnfitError, CheckpointError
 
 FORMAT_VERSION = 2  # 2: head_config (was classifier_config); every task's fields are named, none free-form
 CHECKPOINT_KEY = "attnfit"  # where a Lightning checkpoint keeps the record
@@ -69,10 +69,25 @@ class ModelRecord:
 
     def tokenizers(self) -> tuple[Any, Any]:
         """``(tokenizer, target tokenizer)``; the same ``tokenizers.Tokenizer`` twice for a joint vocabulary."""
-        from tokenizers import Tokenizer
+        source = _tokenizer(self.tokenizer_json, "tokenizer")
+        return source, _tokenizer(
+            self.target_tokenizer_json, "target tokenizer"
+        ) if self.target_tokenizer_json else source
 
-        source = Tokenizer.from_str(self.tokenizer_json)
-        return source, Tokenizer.from_str(self.target_tokenizer_json) if self.target_tokenizer_json else source
+
+def _tokenizer(text: str, what: str) -> Any:
+    """A ``tokenizers.Tokenizer`` from its JSON; CheckpointError for an edited or foreign file."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as error:  # the Rust side's parse error
+        raise CheckpointError(f"the saved {what} is not a readable tokenizers JSON: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass
@@ -175,8 +190,7 @@ def load_artifact(path: str | Path) -> Artifact:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # truncated, not a zip, or holds objects that are not plain data
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(error)}") from None
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise CheckpointError(f"{path} is not an attnfit checkpoint (it has no '{CHECKPOINT_KEY}' metadata)")
@@ -192,33 +206,69 @@ def _load_export(directory: Path) -> Artifact:
             raise CheckpointError(f"exported model {directory} is missing {name}")
     try:
         meta = json.loads((directory / EXPORT_CONFIG).read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{directory / EXPORT_CONFIG} is not valid JSON: {error}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{directory / EXPORT_CONFIG} is not an attnfit model config (not a JSON object)")
     # The tokenizers live beside config.json, not inside it.
     meta["tokenizer"] = (directory / EXPORT_TOKENIZER).read_text()
     target = directory / EXPORT_TARGET_TOKENIZER
     meta["target_tokenizer"] = target.read_text() if target.exists() else None
-    return Artifact(ModelRecord.from_dict(meta, directory), load_file(directory / EXPORT_WEIGHTS), directory)
+    record = ModelRecord.from_dict(meta, directory)
+    try:
+        weights = load_file(directory / EXPORT_WEIGHTS)
+    except Exception as error:  # truncated or not safetensors at all
+        raise CheckpointError(
+            f"{directory / EXPORT_WEIGHTS} is not a readable safetensors file ({_first_line(error)}); export the "
+            "model again"
+        ) from None
+    return Artifact(record, weights, directory)
 
 
 def build_model(artifact: Artifact, load_weights: bool = True) -> nn.Module:
     """The plain PyTorch model an artifact describes (LoRA adapters re-applied when its weights hold them)."""
     from attnfit.tasks import get_task
 
-    model = get_task(artifact.task).build_model(artifact.record)
-    if artifact.record.lora:
-        from attnfit.models.lora import apply_lora
+    try:
+        model = get_task(artifact.task).build_model(artifact.record)
+        if artifact.record.lora:
+            from attnfit.models.lora import apply_lora
 
-        apply_lora(model.backbone, **artifact.record.lora)
+            apply_lora(model.backbone, **artifact.record.lora)
+    except AttnfitError as error:
+        raise CheckpointError(f"{artifact.source}: {error}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as error:
+        raise CheckpointError(
+            f"{artifact.source} holds a model config that cannot be built: {_first_line(error)}"
+        ) from None
     if load_weights:
+        check_shapes(artifact, model)
         missing, unexpected = model.load_state_dict(artifact.state_dict, strict=False)
         absent = set(missing) - _tied(model) - _stored_under_another_name(model, artifact.state_dict)
         if absent or unexpected:
+            first = sorted(absent)[:1] or sorted(unexpected)[:1]
             raise CheckpointError(
-                f"{artifact.source} does not match its own model config: missing {sorted(absent)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
+                f"{artifact.source}: the weights do not fit their config ({EXPORT_CONFIG} edited, or weights of "
+                f"another model): {len(absent)} tensors missing, {len(unexpected)} unexpected (first: {first[0]}); "
+                "export the model again"
             )
     return model
+
+
+def check_shapes(artifact: Artifact, model: nn.Module) -> None:
+    """CheckpointError naming the first tensor whose saved shape differs from the one its config builds."""
+    expected = model.state_dict()
+    wrong = [
+        f"{name} is {tuple(tensor.shape)} in the weights but {tuple(expected[name].shape)} by the config"
+        for name, tensor in artifact.state_dict.items()
+        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape)
+    ]
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise CheckpointError(
+            f"{artifact.source}: the weights do not fit their config ({EXPORT_CONFIG} edited, or weights of another "
+            f"model): {wrong[0]}{more}; export the model again"
+        )
 
 
 def _tied(model: nn.Module) -> set[str]:

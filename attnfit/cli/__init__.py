@@ -25,6 +25,7 @@ def run_or_explain(recipe: Callable[[Any], Any], cfg: Any) -> Any:
 def explain_unknown_keys(config_name: str) -> Iterator[None]:
     """Hydra reports an unknown override key (``trainer.max_step=5``) as "not in struct"; after it exits, say
     which keys exist there and which one was probably meant. Costs nothing unless Hydra failed."""
+    check_run_dir_arguments(sys.argv[1:])
     try:
         yield
     except SystemExit as exit_:
@@ -34,6 +35,24 @@ def explain_unknown_keys(config_name: str) -> Iterator[None]:
                 if hint:
                     print(hint, file=sys.stderr)
         raise
+
+
+def check_run_dir_arguments(argv: list[str]) -> None:
+    """Hydra creates the run directory before attnfit's code runs and reports one it cannot create with a
+    traceback: a literal ``hydra.run.dir=`` or ``search.dir=`` that is a file or cannot be created stops here."""
+    from attnfit.errors import ConfigError, disk_is_full
+    from attnfit.options import output_dir
+
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+") in ("hydra.run.dir", "search.dir") and value and "${" not in value:
+            try:
+                directory = output_dir(value, key.lstrip("+"))
+                if disk_is_full(directory):  # Hydra's own first write would fail
+                    raise ConfigError(f"{key.lstrip('+')}={value}: its disk is full (under 1 MiB free); free space")
+            except ConfigError as error:
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(2)
 
 
 def unknown_key_hint(config_name: str, overrides: list[str]) -> str | None:

@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 def report(sweep_dir: Path, out_dir: Path | None, top: int, metrics: list[str] | None) -> None:
     from rich.console import Console
 
+    from attnfit.options import output_dir
     from attnfit.runs.report import collect_runs, rank, save_report, shared_overrides, summary, terminal_table
 
+    out = output_dir(out_dir, "--out") if out_dir else sweep_dir  # before anything is printed
     runs = rank(collect_runs(sweep_dir))
     table = terminal_table(runs, metrics)  # checks the metric names before anything is written
     console = Console(width=None if sys.stdout.isatty() else 200)  # piped: no wrapping at 80 columns
@@ -62,7 +64,7 @@ def report(sweep_dir: Path, out_dir: Path | None, top: int, metrics: list[str] |
     shared = shared_overrides(runs)
     if shared:
         print(f"overrides shared by all runs: {' '.join(shared)}")
-    paths = save_report(runs, out_dir or sweep_dir, top, metrics, sweep_dir)
+    paths = save_report(runs, out, top, metrics, sweep_dir)
     for path in paths.values():
         print(f"wrote {path}")
 

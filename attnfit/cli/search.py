@@ -6,15 +6,22 @@ attnfit-search --config-name finetune hparams_search=optuna_finetune pretrained=
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from attnfit.cli import CONFIG_DIR, run_or_explain
+from attnfit.cli import CONFIG_DIR, check_run_dir_arguments, run_or_explain
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     return run_or_explain(search, cfg)
+
+
+def main() -> None:
+    check_run_dir_arguments(sys.argv[1:])
+    _main()
 
 
 def search(cfg: DictConfig) -> float | None:

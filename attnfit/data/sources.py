@@ -70,7 +70,12 @@ def _expand(split: str, paths: str | Path | list[str | Path]) -> list[str]:
                 raise DataError(f"data file pattern {p!r} (split {split!r}) matches no files")
             out.extend(matches)
         elif not Path(p).is_file():
-            raise DataError(f"data file {p!r} (split {split!r}) does not exist")
+            missing = (
+                "is a directory (give its files, or a pattern such as DIR/*.txt)"
+                if Path(p).is_dir()
+                else "does not exist"
+            )
+            raise DataError(f"data file {p!r} (split {split!r}) {missing}")
         else:
             out.append(p)
     for p in out:

@@ -10,9 +10,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import ConfigError, DataError
-from attnfit.options import check_option_types, container
+from attnfit.options import check_option_types, container, data_fits, output_file, write_text
 from attnfit.pretrained import Artifact, load_artifact
-from attnfit.recipes.predict import check_beam_size
+from attnfit.recipes.predict import check_counts
 from attnfit.tasks import get_task
 
 
@@ -50,11 +50,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
     check_option_types(cfg)
-    check_beam_size(cfg.get("beam_size"))
+    check_counts(cfg)
     artifact = load_artifact(cfg.checkpoint)
+    out = output_file(cfg.out if cfg.get("out") else default_output(artifact, cfg.split), "out")
     job = job_config(cfg, artifact)
     task = get_task(artifact.task)
-    datamodule = task.evaluation_data(job, artifact, str(cfg.split))
+    fix = "give its own kind of data=, or leave data= out for the data it was trained on"
+    with data_fits(f"a {artifact.task} model", fix):
+        datamodule = task.evaluation_data(job, artifact, str(cfg.split))
     splits = {"train": datamodule.train, "validation": datamodule.validation, "test": datamodule.test}
     available = [name for name, ds in splits.items() if ds is not None]
     if cfg.split not in available:
@@ -78,8 +81,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     for key, value in sorted(metrics.items()):
         table.add_row(key, f"{value:.4f}")
     Console().print(table)
-    out = Path(cfg.out) if cfg.get("out") else default_output(artifact, cfg.split)
-    out.parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "checkpoint": str(artifact.source),
         "split": cfg.split,
@@ -87,7 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "metrics": metrics,
     }
     record.update(notes)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"metrics written to {out}")
     return metrics
 

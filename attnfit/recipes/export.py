@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from attnfit.errors import ConfigError
-from attnfit.options import check_option_types
+from attnfit.errors import AttnfitError, ConfigError, disk_is_full
+from attnfit.options import check_option_types, output_dir
 from attnfit.pretrained import export, load_artifact, load_pretrained
 from attnfit.tasks import get_task
 
@@ -19,8 +19,18 @@ def export_model(cfg: DictConfig) -> Path:
     if not cfg.get("out"):
         raise ConfigError("out=DIR is required: where the exported model goes")
     check_option_types(cfg)
+    if (Path(str(cfg.out)) / "checkpoints").is_dir():  # its config.json would make the run read as an export
+        raise ConfigError(
+            f"out={cfg.out} is a run directory; export into a directory of its own, e.g. {cfg.out}/export"
+        )
+    out = output_dir(cfg.out, "out")
     artifact = load_artifact(cfg.checkpoint)
-    out = export(artifact, cfg.out, merge_lora=bool(cfg.merge_lora))
+    try:
+        export(artifact, out, merge_lora=bool(cfg.merge_lora))
+    except Exception as error:  # safetensors reports a full disk as its own error
+        if not disk_is_full(out, error):
+            raise
+        raise AttnfitError(f"cannot write the export into out={out}: the disk is full; free some space") from None
     load_pretrained(out)  # proves the directory loads on its own
     print(f"exported {artifact.task} model from {artifact.source} to {out}:")
     for path in sorted(out.iterdir()):

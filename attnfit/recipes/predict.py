@@ -4,14 +4,15 @@ filled masks, translations or answers, with attention heat maps on request."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from attnfit.errors import ConfigError, DataError
-from attnfit.options import check_option_types
+from attnfit.errors import AttnfitError, ConfigError, DataError
+from attnfit.options import check_option_types, output_dir, write_text
 from attnfit.pretrained import build_model, load_artifact
 from attnfit.tasks import get_task
 
@@ -43,7 +44,7 @@ def read_inputs(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[str
     if "file" in given:
         path = Path(given["file"])
         if not path.is_file():
-            raise DataError(f"input file {path} does not exist")
+            raise DataError(f"input file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
         try:
             lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as error:
@@ -60,22 +61,50 @@ def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[st
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
     check_option_types(cfg)
-    check_beam_size(cfg.get("beam_size"))
+    check_counts(cfg)
     inputs = read_inputs(cfg, free)
+    out = output_dir(cfg.out, "out")
     artifact = load_artifact(cfg.checkpoint)
     task = get_task(artifact.task)
+    given = [key for key in ("question", "context") if (free or {}).get(key) is not None or cfg.get(key) is not None]
+    unread = [key for key in given if key not in task.predict_keys]
+    if unread:
+        raise ConfigError(
+            f"{'= and '.join(unread)}= are for question answering; {artifact.source} is a {artifact.task} model: "
+            "give text=... (a tab separates the two texts of a pair)"
+        )
     model = build_model(artifact).eval()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
-    results = [task.predict(model, artifact, text, cfg, out, i) for i, text in enumerate(inputs)]
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for result in results:
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
+    try:  # heat maps are written as the inputs go
+        results = [task.predict(model, artifact, text, cfg, out, i) for i, text in enumerate(inputs)]
+    except OSError as error:
+        raise AttnfitError(f"cannot write into out={out}: {error.strerror or error}") from None
+    write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     print(f"predictions written to {out / 'predictions.jsonl'}")
     return results
 
 
-def check_beam_size(beam_size: Any) -> None:
-    if beam_size is not None and (isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1):
-        raise ConfigError(f"beam_size={beam_size!r} must be an integer ≥ 1 (1 = greedy), or null for the checkpoint's")
+# Options of attnfit-predict and attnfit-eval that count something: a whole number ≥ 1 (null: the default), so
+# that 0 or a negative number stops here instead of inside a model (top_k) or as an empty result (n_best).
+COUNTS = {
+    "beam_size": "an integer ≥ 1 (1 = greedy), or null for the checkpoint's",
+    "top_k": "an integer ≥ 1 (sample from the k likeliest tokens), or null for no limit",
+    "max_new_tokens": "an integer ≥ 1",
+    "n_best": "an integer ≥ 1",
+    "max_answer_len": "an integer ≥ 1 (tokens), or null for the checkpoint's",
+    "batch_size": "an integer ≥ 1",
+}
+
+
+def check_counts(cfg: DictConfig) -> None:
+    """ConfigError naming the first option of :data:`COUNTS` in ``cfg`` that is not a whole number ≥ 1; a
+    negative ``temperature`` (0 is greedy) too."""
+    for key, rule in COUNTS.items():
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key}={value!r} must be {rule}")
+    temperature = cfg.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf
+    ):
+        raise ConfigError(f"temperature={temperature!r} must be a number ≥ 0 (0 = greedy, 1 = the model's own)")

@@ -16,6 +16,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import CheckpointError, ConfigError
+from attnfit.options import data_fits
 from attnfit.pretrained import Artifact, load_artifact
 from attnfit.recipes.common import (
     build_trainer,
@@ -76,7 +77,8 @@ def _run(
         check_resume_overrides(cfg, resume)
     source = resume or pretrained  # the vocabulary is never retrained for a resumed or pretrained model
     log.info("start-up: preparing %s data", cfg.task.name)
-    prepared = task.prepare(cfg, source.record.tokenizers() if source is not None else None)
+    with data_fits(f"task={cfg.task.name}", f"choose a data= group for task={cfg.task.name} (attnfit-train --help)"):
+        prepared = task.prepare(cfg, source.record.tokenizers() if source is not None else None)
     steps = ", ".join(f"{name.removesuffix('_s')} {seconds:.2f} s" for name, seconds in prepared.timings.items())
     elapsed = time.perf_counter() - started
     log.info("start-up: data ready %.2f s after the run began%s", elapsed, f" ({steps})" if steps else "")
@@ -118,6 +120,11 @@ def _run(
         )
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics.update(prepared.facts)
+    if cfg.optimized_metric not in metrics:  # a typo, or no validation ran: say so rather than record nothing
+        logged = ", ".join(sorted(k for k in metrics if k.startswith(("val/", "test/", "best/"))))
+        log.warning(
+            "optimized_metric=%s was not logged by this run; logged: %s", cfg.optimized_metric, logged or "none"
+        )
     if trainer.is_global_zero:
         write_metrics(output_dir, metrics)
         log_final_hparams(trainer, cfg, metrics)

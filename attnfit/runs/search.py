@@ -35,6 +35,7 @@ BEST_FILE = "best.json"
 PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "percentile", "none")
+SEARCH_KEYS = {"n_trials", "timeout", "sampler", "pruner", "dir", "params"}
 INTERRUPTED = "interrupted_trials"  # study user attr: numbers of trials cut short by a stopped process
 
 
@@ -193,6 +194,15 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ConfigError(f"search.timeout={timeout} must be a number of seconds > 0 (or null)")
     _check_single_process(cfg)
+    unknown = sorted(set(search) - SEARCH_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown search option(s) search.{', search.'.join(unknown)}; valid: {', '.join(sorted(SEARCH_KEYS))} "
+            f"(the study is stored in search.dir/{STUDY_FILE}, SQLite)"
+        )
+    from attnfit.recipes.common import check_common
+
+    check_common(cfg)  # the trials' shared settings: one line now rather than the same failure in every trial
     if logging.getLogger().handlers:  # under Hydra: Optuna's messages go to the console and the log file like ours
         optuna.logging.disable_default_handler()
         optuna.logging.enable_propagation()
@@ -350,7 +360,10 @@ def _open_study(search_dir: Path, direction: str, search: DictConfig, metric: st
                 f"{search_dir} holds trial directories ({', '.join(stale[:3])}{', …' if len(stale) > 3 else ''}) "
                 f"but no {STUDY_FILE}; remove them or choose another search.dir"
             )
-    search_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        search_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"search.dir={search_dir} cannot be created: {error.strerror or error}") from None
     storage = f"sqlite:///{db}"
     names = optuna.get_all_study_names(storage) if db.exists() else []
     if len(names) > 1:

@@ -3,6 +3,7 @@ recorded in ``RUN_DIR/status.json`` with its score and overrides: what sweeps, s
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -70,7 +71,7 @@ def run_recorded(recipe: Callable[[Any], Any], cfg: Any) -> Any:
     multirun = _in_multirun()
     start = time.perf_counter()
     try:
-        result = recipe(cfg)
+        result = _disk_full_explained(recipe, cfg)
     except TrainingInterrupted as error:  # a sweep stops too: the user or the scheduler asked for it
         _record(cfg, "interrupted", None, str(error), start)
         print(f"stopped: {error}", file=sys.stderr)
@@ -100,6 +101,23 @@ def run_recorded(recipe: Callable[[Any], Any], cfg: Any) -> Any:
     return result
 
 
+def _disk_full_explained(recipe: Callable[[Any], Any], cfg: Any) -> Any:
+    """``recipe(cfg)``; a disk that fills up while it writes (a checkpoint, an export, a result) is a user-facing
+    :class:`AttnfitError`, not a bug."""
+    from attnfit.errors import AttnfitError
+
+    try:
+        return recipe(cfg)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise AttnfitError(
+            f"the disk is full: {error.filename or 'a file'} could not be written ({error.strerror}); free some space "
+            "and run the command again (checkpoints are written atomically: a run continues from its last one with "
+            "ckpt_path=auto)"
+        ) from None
+
+
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -113,4 +131,7 @@ def _record(cfg: Any, status: str, objective: Any, error: str | None, start: flo
 
     if "optimized_metric" not in cfg or "paths" not in cfg or not is_rank_zero():
         return
-    write_status(cfg, status, objective, error, time.perf_counter() - start)
+    try:
+        write_status(cfg, status, objective, error, time.perf_counter() - start)
+    except OSError as write_error:  # a full disk: the run's own error matters more than its record
+        logging.getLogger("attnfit").warning("could not write %s: %s", STATUS_FILE, write_error.strerror or write_error)

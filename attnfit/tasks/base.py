@@ -95,6 +95,7 @@ class Task:
         return ["  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))]
 
     predict_example: str = 'text="..." heatmap=true'  # what attnfit-predict takes, shown after a run
+    predict_keys: tuple[str, ...] = ("text",)  # the free-text options of attnfit-predict its models read
 
     def next_steps(self, run_dir: Path) -> list[str]:
         return [

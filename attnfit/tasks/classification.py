@@ -10,8 +10,8 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from attnfit.errors import ConfigError
-from attnfit.options import container, run_config
+from attnfit.errors import CheckpointError, ConfigError
+from attnfit.options import container, input_length, run_config
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
 from attnfit.tasks import get_task
 from attnfit.tasks.base import Prepared, Task, datamodule_for
@@ -207,9 +207,12 @@ class Classification(Task):
     def build_model(self, record: ModelRecord) -> nn.Module:
         from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier
 
-        return SequenceClassifier(
-            ModelConfig.from_dict(record.model_config), ClassifierConfig.from_dict(record.head_config or {})
-        )
+        head = ClassifierConfig.from_dict(record.head_config or {})
+        if record.label_names is not None and len(record.label_names) != head.num_labels:
+            raise CheckpointError(
+                f"its {len(record.label_names)} label names do not match the classifier's {head.num_labels} outputs"
+            )
+        return SequenceClassifier(ModelConfig.from_dict(record.model_config), head)
 
     def evaluation_data(self, job: DictConfig, artifact: Artifact, split: str) -> Any:
         return self.prepare(job, artifact.record.tokenizers(), label_names=artifact.label_names).datamodule
@@ -232,7 +235,7 @@ class Classification(Task):
         rows = {"text": [first], "label": [label_names[0]]}
         if second:
             rows["text_pair"] = [second]
-        max_len = int(cfg.get("max_len") or artifact.model_config["max_len"])
+        max_len = input_length(cfg.get("max_len"), int(artifact.model_config["max_len"]))
         ids = tokenize_for_classification(Dataset.from_dict(rows), tokenizer, max_len, label_names, split="predict")[0][
             "input_ids"
         ]

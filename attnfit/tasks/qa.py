@@ -49,6 +49,7 @@ def _with_examples(windows: Any, rows: Any) -> Any:
 class QuestionAnswering(Task):
     name = "qa"
     predict_example = "question='...' context='...' heatmap=true"
+    predict_keys = ("text", "question", "context")
 
     def monitor(self, cfg: DictConfig) -> tuple[str, str]:
         return "val/f1", "max"

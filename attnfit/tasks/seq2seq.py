@@ -12,7 +12,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from attnfit.errors import ConfigError, check_choice
-from attnfit.options import container, run_config
+from attnfit.options import container, input_length, run_config
 from attnfit.pretrained import Artifact, ModelRecord
 from attnfit.tasks.base import Prepared, Task, datamodule_for
 
@@ -275,7 +275,7 @@ class Seq2Seq(Task):
         decode = artifact.record.decode or {}
         beam = int(cfg.get("beam_size") or decode.get("beam_size", 4))
         max_len = min(int(decode.get("max_len", 64)), model.config.max_target_len)
-        max_source = int(cfg.get("max_len") or artifact.model_config["encoder"]["max_len"])
+        max_source = input_length(cfg.get("max_len"), int(artifact.model_config["encoder"]["max_len"]))
         words = tokenizer.encode(text, add_special_tokens=False).ids[: max_source - 1]
         ids = [*words, special_token_id(tokenizer, "eos")]  # as in training: source [eos]
         common = dict(

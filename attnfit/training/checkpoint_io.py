@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from attnfit.atomic import atomic_write
+from attnfit.errors import disk_is_full
 
 log = logging.getLogger("attnfit")
 
@@ -31,4 +34,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if bad is not None:
             log.warning("%s not written: NaN/Inf in the weights (%s); the previous checkpoint is kept", path, bad)
             return
-        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp), durable=True)
+        path = Path(path)
+        try:
+            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), durable=True)
+        except (RuntimeError, OSError) as error:  # torch's zip writer: a full disk is an "enforce fail"; name the file
+            if disk_is_full(path.parent, error):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
+            raise
