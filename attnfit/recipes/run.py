@@ -232,7 +232,8 @@ def summarise(
         console.print(f"  {line}")
     entry = "attnfit-finetune" if "pretrained" in cfg else "attnfit-train"
     last = output_dir / "checkpoints" / "last.ckpt"
-    console.print(f"  {entry} {continue_overrides(cfg, last, trainer.global_step)}   # continue training, exactly")
+    if last.exists() and trainer.global_step > 0:
+        console.print(f"  {entry} {continue_overrides(cfg, last, trainer.global_step)}   # continue training, exactly")
 
 
 def continue_overrides(cfg: DictConfig, last: Path, step: int) -> str:
