@@ -194,7 +194,7 @@ def test_a_disk_that_fills_up_while_saving_is_one_line(tmp_path, monkeypatch, ca
     """torch's zip writer reports a full disk as a RuntimeError; the entry point says what happened in one line."""
 
     def fills_up(obj, f, *args, **kwargs):
-        f.write(b"partial")
+        Path(f).write_bytes(b"partial")  # the atomic writer hands torch.save its temporary path
         raise library_error
 
     monkeypatch.setattr(torch, "save", fills_up)
