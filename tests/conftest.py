@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+# Two test workers share the two cores (pyproject's addopts): one thread each, in-process and in every CLI run the
+# tests start, since a second thread per process only waits for a busy core.
+os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # after the thread setting, which torch reads when imported
+
+torch.set_num_threads(1)
+
 # A tiny, fast configuration for CLI runs: every knob that costs time is turned down.
 TINY = [
     "data.seq_len=32",
