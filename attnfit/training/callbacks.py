@@ -103,11 +103,14 @@ class UnfinishedEpochState(L.Callback):
         epochs, batches = fit_loop["epoch_progress"], fit_loop["epoch_loop.batch_progress"]
         if epochs["total"]["completed"] != epochs["total"]["processed"]:
             return  # saved at an epoch's end, before Lightning counted it completed: its restart logic handles that
+        counted_done = epochs["total"]["processed"] == epochs["total"]["started"]
         epoch = int(loaders[0]["epoch"])
         for progress in (epochs["total"], epochs["current"]):  # epoch `epoch`: started, not processed
             progress["ready"] = progress["started"] = epoch + 1
             progress["processed"] = progress["completed"] = epoch
-        if trainer.fit_loop.done:  # the end-of-training checkpoint
+        # Saved after the loop finished the epoch or the run (the end of training; a SIGTERM seen at an epoch's
+        # end): record the last batch as a step checkpoint written after it would.
+        if counted_done and (trainer.fit_loop.done or batches.get("is_last_batch")):
             for progress in (batches["total"], batches["current"]):
                 progress["completed"] = min(progress["completed"], progress["processed"] - 1)
 
