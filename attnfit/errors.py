@@ -59,10 +59,13 @@ def check_choice(what: str, value: object, choices: Iterable[str], cls: type[Att
         raise choice_error(what, value, choices, cls)
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the errnos of a write that found no space
+
+
 def disk_is_full(directory: str | Path, error: BaseException | None = None) -> bool:
     """Whether the disk of ``directory`` is full: ``error`` (raised while writing there) is an ENOSPC/EDQUOT
     OSError, or less than 1 MiB is left (a library's own error: torch's zip writer, safetensors)."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
         return True
     try:
         return shutil.disk_usage(directory).free < 1 << 20

@@ -97,7 +97,7 @@ def test_data_fallbacks_in_tasks_agree_with_the_data_configs():
 def test_every_experiment_composes_into_a_checked_config():
     """Each named recipe composes on its entry point (fine-tuning recipes on attnfit-finetune) and passes the checks
     every run makes before reading data, so a recipe in the README cannot be broken by a renamed key."""
-    from attnfit.recipes.common import check_common
+    from attnfit.recipes.checks import check_common
 
     finetune_only = {"sms_spam"}
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):

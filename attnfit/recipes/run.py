@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from attnfit.errors import CheckpointError, ConfigError
 from attnfit.options import data_fits
 from attnfit.pretrained import Artifact, load_artifact
+from attnfit.recipes.checks import check_common
 from attnfit.recipes.common import (
     build_trainer,
-    check_common,
     final_metrics,
     fit,
     is_rank_zero,

@@ -200,7 +200,7 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
             f"unknown search option(s) search.{', search.'.join(unknown)}; valid: {', '.join(sorted(SEARCH_KEYS))} "
             f"(the study is stored in search.dir/{STUDY_FILE}, SQLite)"
         )
-    from attnfit.recipes.common import check_common
+    from attnfit.recipes.checks import check_common
 
     check_common(cfg)  # the trials' shared settings: one line now rather than the same failure in every trial
     if logging.getLogger().handlers:  # under Hydra: Optuna's messages go to the console and the log file like ours

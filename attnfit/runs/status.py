@@ -3,7 +3,6 @@ recorded in ``RUN_DIR/status.json`` with its score and overrides: what sweeps, s
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -104,12 +103,12 @@ def run_recorded(recipe: Callable[[Any], Any], cfg: Any) -> Any:
 def _disk_full_explained(recipe: Callable[[Any], Any], cfg: Any) -> Any:
     """``recipe(cfg)``; a disk that fills up while it writes (a checkpoint, an export, a result) is a user-facing
     :class:`AttnfitError`, not a bug."""
-    from attnfit.errors import AttnfitError
+    from attnfit.errors import DISK_FULL, AttnfitError
 
     try:
         return recipe(cfg)
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if error.errno not in DISK_FULL:
             raise
         raise AttnfitError(
             f"the disk is full: {error.filename or 'a file'} could not be written ({error.strerror}); free some space "

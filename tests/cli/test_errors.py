@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from attnfit.cli import CONFIG_DIR
 from attnfit.errors import ConfigError
-from attnfit.recipes.common import check_common
+from attnfit.recipes.checks import check_common
 from attnfit.recipes.predict import check_counts
 from attnfit.runs.status import run_recorded
 from attnfit.training.checkpoint_io import AtomicCheckpointIO
