@@ -52,6 +52,7 @@ from attnfit.data.tokenizer import (
     special_token_id,
     special_token_ids,
     tokenizer_fingerprint,
+    tokenizer_from_config,
     train_tokenizer,
 )
 
@@ -96,6 +97,7 @@ __all__ = [
     "tokenize_for_lm",
     "tokenize_for_seq2seq",
     "tokenizer_fingerprint",
+    "tokenizer_from_config",
     "train_tokenizer",
     "translation_vocabulary",
     "unigram_cross_entropy",

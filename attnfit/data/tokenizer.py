@@ -12,6 +12,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -35,13 +36,15 @@ _ROLE_ALIASES = {
 }
 
 
-def _bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+def _bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
     if vocab_size < len(SPECIAL_TOKENS) + 256:
         raise ConfigError(
             f"byte-level bpe needs vocab_size >= {len(SPECIAL_TOKENS) + 256} (256 bytes + {len(SPECIAL_TOKENS)} "
             f"special tokens), got {vocab_size}; raise vocab_size or use tokenizer kind 'char'"
         )
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -55,10 +58,10 @@ def _bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer
     return tok
 
 
-def _wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+def _wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
     tok = Tokenizer(models.WordPiece(unk_token="<unk>", continuing_subword_prefix="##"))
     # handle_chinese_chars puts spaces around CJK characters, so each becomes its own (known) word
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False, handle_chinese_chars=True)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False, handle_chinese_chars=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     trainer = trainers.WordPieceTrainer(
@@ -72,16 +75,18 @@ def _wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tok
     return tok
 
 
-def _char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def _char(texts: Iterable[str], vocab_size: int, lowercase: bool) -> Tokenizer:
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(text)
+        counts.update(text.lower() if lowercase else text)
     for special in SPECIAL_TOKENS:
         counts.pop(special, None)
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for char, _ in counts.most_common(vocab_size - len(SPECIAL_TOKENS)):
         vocab[char] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     # Oniguruma has no (?s); [\s\S] matches any single code point including newlines
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -89,7 +94,9 @@ def _char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> Tokenizer:
+def train_tokenizer(
+    kind: str, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2, lowercase: bool = False
+) -> Tokenizer:
     """Train a tokenizer of ``kind`` on ``texts``; special tokens get ids 0..6.
 
     * ``bpe``: byte-level BPE; any text round-trips exactly through encode/decode (CJK, emoji, newlines).
@@ -107,11 +114,11 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 8000, min
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ConfigError(f"vocab_size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {vocab_size}")
     if kind == "bpe":
-        tok = _bpe(texts, vocab_size, min_frequency)
+        tok = _bpe(texts, vocab_size, min_frequency, lowercase)
     elif kind == "wordpiece":
-        tok = _wordpiece(texts, vocab_size, min_frequency)
+        tok = _wordpiece(texts, vocab_size, min_frequency, lowercase)
     else:
-        tok = _char(texts, vocab_size)
+        tok = _char(texts, vocab_size, lowercase)
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
     assert ids == list(range(len(SPECIAL_TOKENS))), f"special token ids moved: {ids}"
     return tok
@@ -140,6 +147,7 @@ def get_tokenizer(
     cache_dir: Path | None,
     path: str | None = None,
     min_frequency: int = 2,
+    lowercase: bool = False,
 ) -> Tokenizer:
     """Load ``path`` if given, else reuse the tokenizer cached for (kind, vocab_size, cache_key), else train one.
 
@@ -152,17 +160,28 @@ def get_tokenizer(
         raise ConfigError("tokenizer kind 'pretrained' needs a tokenizer path (a tokenizer.json file)")
     check_choice("tokenizer kind", kind, (*TOKENIZER_KINDS, "pretrained"))
     if cache_dir is None:
-        return train_tokenizer(kind, texts_fn(), vocab_size, min_frequency)
-    key = f"v{TOKENIZER_VERSION}|{kind}|{vocab_size}|{min_frequency}|{cache_key}"
+        return train_tokenizer(kind, texts_fn(), vocab_size, min_frequency, lowercase)
+    cased = "|lower" if lowercase else ""  # keeps the keys of existing cached tokenizers
+    key = f"v{TOKENIZER_VERSION}|{kind}|{vocab_size}|{min_frequency}{cased}|{cache_key}"
     cache_path = Path(cache_dir) / "tokenizers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if cache_path.is_file():
         try:
             return Tokenizer.from_file(str(cache_path))
         except Exception:  # a corrupt cache entry is retrained, not fatal
             pass
-    tok = train_tokenizer(kind, texts_fn(), vocab_size, min_frequency)
+    tok = train_tokenizer(kind, texts_fn(), vocab_size, min_frequency, lowercase)
     _atomic_save(tok, cache_path)
     return tok
+
+
+def tokenizer_from_config(
+    tok: Any, texts_fn: Callable[[], Iterable[str]], cache_key: str, cache_dir: Path | None
+) -> Tokenizer:
+    """:func:`get_tokenizer` with the keys of a ``tokenizer`` config group (configs/tokenizer/*.yaml)."""
+    return get_tokenizer(
+        tok.kind, texts_fn, int(tok.get("vocab_size", 8000)), cache_key=cache_key, cache_dir=cache_dir,
+        path=tok.get("path"), lowercase=bool(tok.get("lowercase", False)),
+    )  # fmt: skip
 
 
 def tokenizer_fingerprint(tok: Tokenizer) -> str:

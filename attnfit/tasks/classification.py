@@ -21,24 +21,26 @@ log = logging.getLogger("attnfit")
 
 def task_tokenizer(cfg: DictConfig, texts: Any, cache_key: str) -> Any:
     """A tokenizer trained on a task's own training text (``tokenizer`` group), for runs without a pretrained model."""
-    from attnfit.data import get_tokenizer
+    from attnfit.data.tokenizer import tokenizer_from_config
 
     tok = cfg.get("tokenizer")
     if tok is None:
         raise ConfigError("a run without pretrained= needs a tokenizer: tokenizer=bpe, tokenizer=char, …")
-    return get_tokenizer(
-        tok.kind, texts, int(tok.get("vocab_size", 8000)), cache_key=cache_key, cache_dir=Path(cfg.paths.cache_dir),
-        path=tok.get("path"),
-    )  # fmt: skip
+    return tokenizer_from_config(tok, texts, cache_key, Path(cfg.paths.cache_dir))
 
 
 def backbone_config(cfg: DictConfig, tokenizer: Any, pretrained: Artifact | None) -> dict[str, Any]:
-    """The pretrained model's backbone config as it was trained, else the config groups' (bidirectional)."""
+    """The pretrained model's backbone config as it was trained (``finetune.dropout`` replacing its encoder
+    dropout when set), else the config groups' (bidirectional)."""
     from attnfit.data import special_token_id
     from attnfit.tasks.language_modeling import model_config_dict
 
     if pretrained is not None:
-        return dict(pretrained.model_config)
+        config = dict(pretrained.model_config)
+        dropout = (cfg.get("finetune") or {}).get("dropout")
+        if dropout is not None:  # short pretraining runs use none; a small labelled set needs some
+            config["encoder"] = {**config["encoder"], "dropout": float(dropout)}
+        return config
     return {**model_config_dict(cfg, tokenizer.get_vocab_size(), special_token_id(tokenizer, "pad")), "causal": False}
 
 

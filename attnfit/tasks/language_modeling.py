@@ -71,10 +71,10 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     """Load the splits, get the tokenizer (trained on train unless given), tokenize and pack, build loaders."""
     from attnfit.data import (
         CLMCollator,
-        get_tokenizer,
         load_text_splits,
         special_token_id,
         tokenize_for_lm,
+        tokenizer_from_config,
         unigram_cross_entropy,
     )
 
@@ -100,13 +100,8 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     if tokenizer is None:
         tok = cfg.tokenizer
         with timed(timings, "tokenizer_s"):
-            tokenizer = get_tokenizer(
-                tok.kind,
-                lambda: iter(splits["train"]["text"]),
-                int(tok.get("vocab_size", 8000)),
-                cache_key=splits["train"]._fingerprint,
-                cache_dir=cache_dir,
-                path=tok.get("path"),
+            tokenizer = tokenizer_from_config(
+                tok, lambda: iter(splits["train"]["text"]), splits["train"]._fingerprint, cache_dir
             )
     seq_len, packing = int(data.seq_len), bool(data.packing)
     with timed(timings, "tokenize_pack_s"):

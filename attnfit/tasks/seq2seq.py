@@ -4,6 +4,7 @@ task=seq2seq`` starts the encoder from a pretrained language model (its tokenize
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ class Seq2Seq(Task):
         """Load parallel splits, get the tokenizer(s) (from a checkpoint when given), tokenize, build loaders."""
         from attnfit.data import special_token_id
         from attnfit.data.seq2seq import Seq2SeqCollator, load_parallel_splits, parallel_texts, tokenize_for_seq2seq
-        from attnfit.data.tokenizer import get_tokenizer
+        from attnfit.data.tokenizer import tokenizer_from_config
 
         data, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
 
@@ -130,14 +131,8 @@ class Seq2Seq(Task):
             key = splits["train"]._fingerprint
 
             def train_tokenizer(side: str) -> Any:
-                return get_tokenizer(
-                    tok.kind,
-                    lambda: parallel_texts(splits["train"], side),
-                    int(tok.get("vocab_size", 8000)),
-                    cache_key=f"{key}|{side}",
-                    cache_dir=cache_dir,
-                    path=tok.get("path"),
-                )
+                texts = functools.partial(parallel_texts, splits["train"], side)
+                return tokenizer_from_config(tok, texts, f"{key}|{side}", cache_dir)
 
             source_tok = train_tokenizer("both" if joint else "source")
             target_tok = source_tok if joint else train_tokenizer("target")

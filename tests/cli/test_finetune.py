@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import attnfit
-from attnfit.pretrained import load_artifact
+from attnfit.pretrained import build_model, load_artifact
 from tests.conftest import TINY
 
 # Fine-tuning knobs for speed; the pretrained model fixes width and depth.
@@ -103,7 +103,7 @@ def test_finetune_eval_predict_export_round_trip(run_cli, tmp_path, pretrained):
     assert (again / "checkpoints" / "last.ckpt").exists()
 
 
-def test_freezing_keeps_weights_bit_identical(run_cli, tmp_path, pretrained):
+def test_freezing_keeps_weights_bit_identical_and_dropout_is_replaced(run_cli, tmp_path, pretrained):
     run_dir = tmp_path / "frozen"
     run_cli(
         "finetune",
@@ -111,9 +111,15 @@ def test_freezing_keeps_weights_bit_identical(run_cli, tmp_path, pretrained):
         *FT,
         "finetune.freeze_embeddings=true",
         "finetune.freeze_layers=1",
+        "finetune.dropout=0.3",
         f"hydra.run.dir={run_dir}",
     )
-    source, tuned = load_artifact(pretrained).state_dict, load_artifact(run_dir).state_dict
+    source_artifact, tuned_artifact = load_artifact(pretrained), load_artifact(run_dir)
+    assert source_artifact.model_config["encoder"]["dropout"] == 0.0
+    assert tuned_artifact.model_config["encoder"]["dropout"] == 0.3  # and the saved model rebuilds with it
+    layer = build_model(tuned_artifact).backbone.encoder.stack.layers[0]
+    assert layer.dropout.p == 0.3
+    source, tuned = source_artifact.state_dict, tuned_artifact.state_dict
     frozen = [k for k in source if k.startswith(("backbone.embeddings.", "backbone.encoder.stack.layers.0."))]
     assert frozen and all(torch.equal(source[k], tuned[k]) for k in frozen)
     trained = [k for k in tuned if k.startswith("backbone.encoder.stack.layers.1.")]  # above the frozen layer

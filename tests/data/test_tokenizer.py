@@ -143,3 +143,18 @@ def test_special_token_id_missing_role():
     assert special_token_id(bare, "pad") == 1
     with pytest.raises(DataError, match="no eos token"):
         special_token_id(bare, "eos")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "char"])
+def test_lowercase_tokenizer_shares_ids_across_case(kind, tmp_path):
+    cased = ["The Cat Sat ON the mat", "A Dog RAN"] * 40
+    tok = train_tokenizer(kind, cased, vocab_size=400, lowercase=True)
+    assert tok.encode("THE CAT ran").ids == tok.encode("the cat ran").ids
+    learned = [t for t in tok.get_vocab() if t not in SPECIAL_TOKENS and (kind != "bpe" or len(t) > 1)]  # bpe: bytes
+    assert learned and not any(any("A" <= c <= "Z" for c in t) for t in learned)  # ("Ġ" is upper case)
+    plain = train_tokenizer(kind, cased, vocab_size=400)
+    assert plain.encode("THE CAT").ids != plain.encode("the cat").ids
+    # the flag is part of the cache key: a cased and a lowercased tokenizer of one corpus are both kept
+    lower = get_tokenizer(kind, lambda: cased, 400, cache_key="c", cache_dir=tmp_path, lowercase=True)
+    same = get_tokenizer(kind, lambda: cased, 400, cache_key="c", cache_dir=tmp_path)
+    assert lower.encode("THE").ids == lower.encode("the").ids and same.encode("THE").ids != same.encode("the").ids
