@@ -9,6 +9,7 @@ several seeds, and print test accuracy (mean ± std) beside Kim's CNN figures.
     python scripts/transfer_benchmark.py --pretrain-args "experiment=wikitext2_mlm"   # pretrains first (hours)
     python scripts/transfer_benchmark.py --pretrained RUN --variants pretrained,scratch,adapted --adapt-steps 300 \\
         trainer.max_steps=600 finetune.layer_lr_decay=0.8           # extra overrides go to every attnfit-finetune
+    python scripts/transfer_benchmark.py --pretrained RUN --select optimizer.lr=3e-4,1e-3,3e-3   # lr per variant
 
 Data: ``--data DIR`` holds TREC.train.all, TREC.test.all, subj.all, custrev.all and mpqa.all (one sentence a line,
 the first word is the 0-indexed label). Bytes that are not UTF-8 are read as cp1252; lines split on "\\n" only
@@ -30,15 +31,20 @@ exactly one split. ``--train-rows N`` (``--quick``) fine-tunes on a stratified s
 Each run is ``attnfit-finetune pretrained=RUN data=files data.train=… data.validation=… data.test=… data.format=tsv
 data.column_names=[label,text] seed=S finetune.from_scratch=… hydra.run.dir=OUT/runs/<set>/<variant>-seed<S>``;
 it selects its best checkpoint by validation macro-F1 and scores the test split with it (``test/acc`` in its
-``metrics.json``). A run whose metrics.json exists is not redone; a failed run is reported and marked, and the
+``metrics.json``). ``--select KEY=V1,V2`` tunes one override per set and variant without touching the test split:
+seed 0 runs every value, the value with the best validation macro-F1 runs the other seeds, and only the chosen
+runs enter the table (so pretrained and from-scratch each get their own best learning rate, say). A run whose
+metrics.json exists is not redone; a failed run is reported and marked, and the
 benchmark goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
+import re
 import shlex
 import shutil
 import statistics
@@ -218,10 +224,35 @@ def pretrained_max_len(pretrained: Path) -> int | None:
     return None
 
 
+def selection_grid(specs: list[str]) -> list[list[str]]:
+    """``--select KEY=V1,V2`` specs -> every combination of their values, as override lists (``[[]]`` for none)."""
+    axes = []
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        choices = [v for v in values.split(",") if v]
+        if not key or not choices:
+            sys.exit(f"--select {spec!r}: expected KEY=VALUE1,VALUE2,… (e.g. optimizer.lr=5e-4,2e-3)")
+        axes.append([f"{key}={v}" for v in choices])
+    return [list(combination) for combination in itertools.product(*axes)]
+
+
+def run_tag(overrides: list[str]) -> str:
+    """A run-directory suffix naming the selected values: ``["optimizer.lr=5e-4"]`` -> ``"-lr5e-4"``."""
+    parts = [key.rsplit(".", 1)[-1] + value for key, _, value in (o.partition("=") for o in overrides)]
+    return "".join("-" + re.sub(r"[^A-Za-z0-9.+_-]", "_", part) for part in parts)
+
+
 def finetune(
-    name: str, variant: str, seed: int, files: dict[str, str], pretrained: Path, out: Path, args: argparse.Namespace
+    name: str,
+    variant: str,
+    seed: int,
+    files: dict[str, str],
+    pretrained: Path,
+    out: Path,
+    args: argparse.Namespace,
+    selected: list[str] = (),
 ) -> dict:
-    run_dir = out / "runs" / name / f"{variant}-seed{seed}"
+    run_dir = out / "runs" / name / f"{variant}{run_tag(list(selected))}-seed{seed}"
     metrics_file, record_file = run_dir / "metrics.json", run_dir / "transfer_benchmark.json"
     overrides = [
         f"pretrained={pretrained}",
@@ -237,8 +268,9 @@ def finetune(
         f"hydra.run.dir={run_dir}",
         "callbacks.progress_bar=none",
         *args.finetune_overrides,
+        *selected,
     ]
-    record: dict = {"set": name, "variant": variant, "seed": seed, "run_dir": str(run_dir)}
+    record: dict = {"set": name, "variant": variant, "seed": seed, "run_dir": str(run_dir), "selected": list(selected)}
     if metrics_file.exists():
         previous = json.loads(record_file.read_text()) if record_file.exists() else {}
         print(f"  {name} {variant} seed {seed}: done already ({metrics_file}), not redone", flush=True)
@@ -278,7 +310,7 @@ def summarise(runs: list[dict], sets: list[str], variants: list[str], seeds: int
     for name in sets:
         entry: dict = {"kim_cnn_rand": KIM[name][0], "kim_cnn_word2vec": KIM[name][1]}
         for variant in variants:
-            chosen = [r for r in runs if r["set"] == name and r["variant"] == variant]
+            chosen = [r for r in runs if r["set"] == name and r["variant"] == variant and not r.get("not_chosen")]
             accs = [100 * r["metrics"]["test/acc"] for r in chosen if "test/acc" in r.get("metrics", {})]
             seconds = [r["seconds"] for r in chosen if r.get("seconds") is not None and not r.get("failed")]
             item: dict = {"runs": len(accs), "of": seeds, "failed": sum(1 for r in chosen if r.get("failed"))}
@@ -356,6 +388,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-rows", type=int, default=None, help="fine-tune on a stratified subsample of train")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per fine-tuning run")
     parser.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="choose this override per set and variant on validation: seed 0 runs every value (every combination "
+        "of several --select), the best goes on to the other seeds; e.g. --select optimizer.lr=3e-4,1e-3,3e-3",
+    )
+    parser.add_argument("--select-metric", default="val/f1", help="the metrics.json key --select maximises")
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a few minutes on 2 cores: 1 seed, short pretraining on the embedded corpus (without --pretrained), "
@@ -428,16 +469,37 @@ def main(argv: list[str] | None = None) -> dict:
         if max_len is not None and max_len < 128:  # data=files defaults to 128 tokens
             args.finetune_overrides = [f"data.seq_len={max_len}", *args.finetune_overrides]
 
-    runs = []
-    total = len(args.sets) * len(args.variants) * args.seeds
+    runs: list[dict] = []
+    selections: dict = {}
+    grid = selection_grid(args.select)
+    total = len(args.sets) * len(args.variants) * (args.seeds + len(grid) - 1)
     for name in args.sets:
-        for seed in range(args.seeds):
-            for variant in args.variants:
+        for variant in args.variants:
+            files, chosen = data[name]["files"], grid[0]
+            if len(grid) > 1:  # seed 0 of every combination; the best on validation goes on to the other seeds
+                trials = []
+                for selected in grid:
+                    print(f"[{len(runs) + 1}/{total}] {name} {variant} seed 0 {' '.join(selected)}", flush=True)
+                    trials.append(finetune(name, variant, 0, files, pretrained, out, args, selected))
+                    runs.append(trials[-1])
+                scores = [r.get("metrics", {}).get(args.select_metric, float("-inf")) for r in trials]
+                best = max(range(len(grid)), key=scores.__getitem__)
+                chosen = grid[best]
+                for trial in trials:
+                    trial["not_chosen"] = trial is not trials[best]
+                selections.setdefault(name, {})[variant] = {"chosen": chosen, args.select_metric: scores}
+                print(f"  {name} {variant}: {' '.join(chosen)} chosen ({args.select_metric} {scores[best]:.4f})")
+            for seed in range(1 if len(grid) > 1 else 0, args.seeds):
                 print(f"[{len(runs) + 1}/{total}] {name} {variant} seed {seed}", flush=True)
-                runs.append(finetune(name, variant, seed, data[name]["files"], pretrained, out, args))
+                runs.append(finetune(name, variant, seed, files, pretrained, out, args, chosen))
 
     summary = summarise(runs, args.sets, args.variants, args.seeds)
     print_table(summary, args.variants)
+    if selections:
+        print(f"chosen on validation ({args.select_metric}, seed 0 of each):")
+        for name, by_variant in selections.items():
+            picks = [f"{v} {' '.join(sel['chosen'])}" for v, sel in by_variant.items()]
+            print(f"  {DISPLAY[name]}: {'; '.join(picks)}")
     print("wall-clock per fine-tuning run (mean s):")
     for name, entry in summary["sets"].items():
         times = [f"{v} {entry[v]['seconds_per_run']:.0f}" for v in args.variants if "seconds_per_run" in entry[v]]
@@ -457,6 +519,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": args.variants,
         "seeds": args.seeds,
         "finetune_overrides": args.finetune_overrides,
+        "selections": selections,
         "kim2014": {name: {"cnn_rand": KIM[name][0], "cnn_word2vec": KIM[name][1]} for name in args.sets},
         "summary": summary,
         "runs": runs,

@@ -144,6 +144,47 @@ def test_summary_marks_failed_runs(tb, capsys):
     assert "80.0 ± 0.0 (1/2)" in out and "65.0 ± 7.1" in out and "+15.0" in out and "79.8" in out
 
 
+def test_select_tunes_each_variant_on_validation_only(tb, toy_data, tmp_path, monkeypatch, capsys):
+    assert tb.selection_grid([]) == [[]]
+    assert tb.selection_grid(["optimizer.lr=1e-3,3e-3", "finetune.dropout=0,0.1"]) == [
+        ["optimizer.lr=1e-3", "finetune.dropout=0"],
+        ["optimizer.lr=1e-3", "finetune.dropout=0.1"],
+        ["optimizer.lr=3e-3", "finetune.dropout=0"],
+        ["optimizer.lr=3e-3", "finetune.dropout=0.1"],
+    ]
+    assert tb.run_tag(["optimizer.lr=1e-3", "task.pooling=[a,b]"]) == "-lr1e-3-pooling_a_b_"
+    with pytest.raises(SystemExit, match="KEY=VALUE1"):
+        tb.selection_grid(["optimizer.lr"])
+
+    # The fine-tuning runs are faked: validation F1 prefers lr 3e-3 for scratch and 1e-3 for pretrained, while
+    # test accuracy would prefer the other; the table must follow validation and ignore the losing trials.
+    calls = []
+
+    def fake(name, variant, seed, files, pretrained, out, args, selected=()):
+        calls.append((variant, seed, tuple(selected)))
+        lr = selected[0].split("=")[1]
+        good = (lr == "3e-3") == (variant == "scratch")
+        metrics = {"val/f1": 0.9 if good else 0.5, "test/acc": (0.6 if good else 0.99) + seed / 100}
+        return {"set": name, "variant": variant, "seed": seed, "seconds": 1.0, "metrics": metrics}
+
+    monkeypatch.setattr(tb, "finetune", fake)
+    argv = [f"--data={toy_data}", "--sets=cr", "--seeds=2", "--pretrained=/nowhere", f"--out={tmp_path}"]
+    result = tb.main([*argv, "--select", "optimizer.lr=1e-3,3e-3"])
+    assert calls == [
+        ("pretrained", 0, ("optimizer.lr=1e-3",)),
+        ("pretrained", 0, ("optimizer.lr=3e-3",)),
+        ("pretrained", 1, ("optimizer.lr=1e-3",)),
+        ("scratch", 0, ("optimizer.lr=1e-3",)),
+        ("scratch", 0, ("optimizer.lr=3e-3",)),
+        ("scratch", 1, ("optimizer.lr=3e-3",)),
+    ]
+    assert result["selections"]["cr"]["pretrained"]["chosen"] == ["optimizer.lr=1e-3"]
+    assert result["selections"]["cr"]["scratch"]["chosen"] == ["optimizer.lr=3e-3"]
+    entry = result["summary"]["sets"]["cr"]
+    assert entry["pretrained"]["accuracies"] == pytest.approx([60.0, 61.0]) and entry["pretrained"]["runs"] == 2
+    assert "pretrained optimizer.lr=1e-3; scratch optimizer.lr=3e-3" in capsys.readouterr().out
+
+
 def test_benchmark_end_to_end_and_resumes(toy_data, pretrained, tmp_path, cache_dir):
     out, json_path = tmp_path / "bench", tmp_path / "result.json"
     env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
