@@ -156,7 +156,7 @@ def test_lora_trains_adapters_only_and_merges_on_export(run_cli, tmp_path, pretr
     torch.testing.assert_close(merged(ids).logits, unmerged(ids).logits, rtol=1e-4, atol=1e-5)
 
 
-def test_predict_generates_text_from_a_causal_lm(run_cli, tmp_path):
+def test_causal_lm_generates_text_and_fine_tunes_as_a_classifier_backbone(run_cli, tmp_path):
     run_dir = tmp_path / "clm"
     run_cli("train", *TINY, "task=clm", f"hydra.run.dir={run_dir}")
     out = tmp_path / "pred"
@@ -168,6 +168,14 @@ def test_predict_generates_text_from_a_causal_lm(run_cli, tmp_path):
     assert all(isinstance(p["generated"], str) for p in predictions)
     assert (out / "attention_0.png").exists() and (out / "attention_1.png").exists()
     run_cli("eval", f"checkpoint={run_dir}", "split=validation")
+
+    # A causal LM is a classifier backbone too: it stays causal, and 'last' pools the one position that saw it all.
+    tuned_dir = tmp_path / "clm-classifier"
+    run_cli("finetune", f"pretrained={run_dir}", *FT, "task.pooling=last", f"hydra.run.dir={tuned_dir}")
+    source, tuned = load_artifact(run_dir), load_artifact(tuned_dir)
+    assert tuned.task == "classification" and tuned.model_config["causal"] is True
+    key = "backbone.embeddings.token.weight"
+    assert 0 < (tuned.state_dict[key] - source.state_dict[key]).abs().max() < 0.1  # started from the LM's weights
     assert json.loads((run_dir / "eval" / "validation.json").read_text())["metrics"]["ppl"] > 1
 
 
