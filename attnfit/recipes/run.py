@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import CheckpointError, ConfigError
@@ -233,13 +236,25 @@ def summarise(
     entry = "attnfit-finetune" if "pretrained" in cfg else "attnfit-train"
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.exists() and trainer.global_step > 0:
-        console.print(f"  {entry} {continue_overrides(cfg, last, trainer.global_step)}   # continue training, exactly")
+        command = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        continuation = continue_overrides(cfg, last, trainer.global_step, list(command))
+        console.print(f"  {entry} {continuation}   # continue training, exactly")
 
 
-def continue_overrides(cfg: DictConfig, last: Path, step: int) -> str:
-    """The overrides that continue a run from ``last`` to twice its steps as one uninterrupted run would have:
-    a decaying schedule keeps its span (``scheduler.decay_steps``), else a longer ``max_steps`` would stretch it."""
-    overrides = f"ckpt_path={last} trainer.max_steps={2 * step}"
+def continue_overrides(cfg: DictConfig, last: Path, step: int, command: Sequence[str] = ()) -> str:
+    """The overrides that continue a run from ``last`` as one uninterrupted run would have: the run's own
+    ``command`` line overrides (same data, model and directory), and a decaying schedule that keeps its span
+    (``scheduler.decay_steps``: the planned ``max_steps``) where a longer ``max_steps`` would stretch it. A run cut
+    short (``max_time``, early stopping) continues to its planned steps without its time limit (the clock is
+    restored from the checkpoint, so the same limit would stop it at once); a finished one to twice its steps."""
+    replaced = ("ckpt_path", "trainer.max_steps", "scheduler.decay_steps", "trainer.max_time")
+    kept = [o for o in command if o.split("=", 1)[0].lstrip("+~") not in replaced]
+    planned = int(cfg.get("trainer", {}).get("max_steps") or -1)
+    short = 0 < step < planned
+    new = [f"ckpt_path={last}", f"trainer.max_steps={planned if short else 2 * step}"]
     if cfg.scheduler.name != "constant":
-        overrides += f" scheduler.decay_steps={cfg.scheduler.get('decay_steps') or step}"
-    return overrides
+        new.append(f"scheduler.decay_steps={cfg.scheduler.get('decay_steps') or (planned if planned > 0 else step)}")
+    from_command = any(o.split("=", 1)[0].lstrip("+~") == "trainer.max_time" for o in command)
+    if short and cfg.get("trainer", {}).get("max_time") and not from_command:
+        new.append("trainer.max_time=null")  # set by a config file; one from the command line is simply left out
+    return " ".join(shlex.quote(o) for o in [*kept, *new])

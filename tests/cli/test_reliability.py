@@ -230,11 +230,23 @@ def test_the_suggested_continue_command_keeps_the_schedule(stopped_at_13):
 
     from attnfit.recipes.run import continue_overrides
 
-    cfg = OmegaConf.create({"scheduler": {"name": "cosine", "decay_steps": None}})
+    cfg = OmegaConf.create({"scheduler": {"name": "cosine", "decay_steps": None}, "trainer": {"max_steps": 13}})
     last = stopped_at_13 / "checkpoints" / "last.ckpt"
     assert continue_overrides(cfg, last, 13) == f"ckpt_path={last} trainer.max_steps=26 scheduler.decay_steps=13"
+    # Cut short by its time limit at step 13 of 30: the cosine still spans 30, and the limit must go.
+    cfg.trainer.update(max_steps=30, max_time="00:00:10:00")
+    expected = f"ckpt_path={last} trainer.max_steps=30 scheduler.decay_steps=30 trainer.max_time=null"
+    assert continue_overrides(cfg, last, 13) == expected
     cfg.scheduler.name = "constant"
+    assert continue_overrides(cfg, last, 13) == f"ckpt_path={last} trainer.max_steps=30 trainer.max_time=null"
+    cfg.trainer.update(max_steps=-1, max_time=None)  # by epochs: twice the steps, over the span it ran
     assert continue_overrides(cfg, last, 13) == f"ckpt_path={last} trainer.max_steps=26"
+    # The run's own command line comes along, less what the continuation replaces; a time limit given there is
+    # dropped rather than nulled (the key exists only through that "+").
+    cfg.trainer.update(max_steps=30, max_time="00:00:10:00")
+    command = ["experiment=x", "data.seq_len=64", "trainer.max_steps=30", "+trainer.max_time=00:00:10:00", "a=b c"]
+    expected = f"experiment=x data.seq_len=64 'a=b c' ckpt_path={last} trainer.max_steps=30"
+    assert continue_overrides(cfg, last, 13, command) == expected
 
 
 @pytest.mark.parametrize(
