@@ -194,6 +194,9 @@ def adapt(cfg: DictConfig, pretrained: Artifact, prepared: Prepared, steps: int)
     lm.pretrained, lm.ckpt_path, lm.seed = str(pretrained.source), None, int(cfg.seed)
     lm.paths = {**OmegaConf.to_container(cfg.paths, resolve=True), "output_dir": str(adapt_dir)}
     lm.trainer.max_steps = steps
+    if lm.get("scheduler") is not None:  # its own warmup and decay, not the pretraining run's planned span
+        lm.scheduler.decay_steps = None
+        lm.scheduler.warmup_steps = min(int(lm.scheduler.get("warmup_steps") or 0), steps // 10)
     lm.trainer.val_check_interval = min(steps, int(lm.trainer.get("val_check_interval") or steps))
     lm.callbacks.progress_bar = cfg.callbacks.progress_bar  # the pretraining run's own callbacks otherwise
     if OmegaConf.select(cfg, "finetune.adapt_lr") is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import attnfit
 from attnfit.pretrained import build_model, load_artifact
@@ -240,6 +241,8 @@ def test_domain_adaptation_continues_pretraining_on_the_task_text_then_fine_tune
     source, adapted, tuned = load_artifact(pretrained), load_artifact(adapt), load_artifact(run_dir)
     assert adapted.task == "mlm" and adapted.record.model_config == source.record.model_config
     assert json.loads((adapt / "metrics.json").read_text())["step"] == 3
+    schedule = OmegaConf.load(adapt / "config.yaml").scheduler  # its own span: warmup ≤ a tenth, decay over 3 steps
+    assert schedule.decay_steps is None and schedule.warmup_steps == 0
     key = "backbone.encoder.stack.layers.0.ffn.0.weight"
     assert not torch.equal(adapted.state_dict[key], source.state_dict[key])  # three MLM steps moved it
     assert tuned.task == "classification"
