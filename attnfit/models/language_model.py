@@ -114,7 +114,7 @@ class LanguageModel(nn.Module):
         self,
         input_ids: Tensor,
         max_new_tokens: int,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling | None = None,
         padding_mask: Tensor | None = None,
         eos_id: int | None = None,
         finished: Tensor | None = None,
@@ -134,6 +134,7 @@ class LanguageModel(nn.Module):
         """
         if not self.config.causal:
             raise ValueError("generate() needs a causal LM (task=clm); this model is a masked LM")
+        sampling = sampling or Sampling()
         B, device, max_len = input_ids.shape[0], input_ids.device, self.config.max_len
         mask = torch.zeros_like(input_ids, dtype=torch.bool) if padding_mask is None else padding_mask.bool()
         finished = torch.zeros(B, dtype=torch.bool, device=device) if finished is None else finished
@@ -149,7 +150,8 @@ class LanguageModel(nn.Module):
                 cached = ids.shape[1]
             else:  # past max_len: recompute over the last max_len tokens (left padding keeps them right-aligned)
                 window = mask[:, -max_len:]
-                hidden = self.backbone(ids[:, -max_len:], window if bool(window.any()) else None, positions=positions(window))[0]
+                window_mask = window if bool(window.any()) else None
+                hidden = self.backbone(ids[:, -max_len:], window_mask, positions=positions(window))[0]
             logits = self.head(hidden[:, -1]).float()  # (B, V)
             next_id = next_token(logits, sampling, None if seen is None else seen > 0, generator)  # (B, 1)
             next_id = next_id.masked_fill(finished[:, None], self.config.pad_id)

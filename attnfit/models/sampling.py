@@ -26,7 +26,8 @@ class Sampling:
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature < math.inf):
             raise ConfigError(f"temperature={self.temperature!r} must be a number ≥ 0 (0 = greedy)")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ConfigError(f"top_k={self.top_k!r} must be an integer ≥ 1, or null for no limit")
         if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ConfigError(f"top_p={self.top_p!r} must be in (0, 1], or null for no limit")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from attnfit.models.attention import MultiHeadAttention
@@ -52,7 +51,8 @@ class TransformerLayer(nn.Module):
         k, v = self.attention.project_kv(h)  # (B, H, t, d)
         end = start + x.shape[1]
         kv[0][:, :, start:end], kv[1][:, :, start:end] = k, v
-        context, _ = self.attention(h, padding_mask=padding_mask, causal=True, kv=(kv[0][:, :, :end], kv[1][:, :, :end]))
+        keys, values = kv[0][:, :, :end], kv[1][:, :, :end]
+        context, _ = self.attention(h, padding_mask=padding_mask, causal=True, kv=(keys, values))
         x = x + self.dropout(context)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
