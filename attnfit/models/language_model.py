@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from attnfit.models.config import ModelConfig
 from attnfit.models.embeddings import Embeddings
 from attnfit.models.encoders import build_encoder
-from attnfit.models.encoders.layers import EncoderCache
 from attnfit.models.sampling import Sampling, next_token
 
 
@@ -142,11 +141,16 @@ class LanguageModel(nn.Module):
         if sampling.repetition_penalty != 1.0:  # counts of each vocabulary id among the real tokens
             seen = torch.zeros(B, self.config.vocab_size, device=device).scatter_add_(1, input_ids, (~mask).float())
         ids, cache, cached = input_ids, None, 0  # ``cached``: positions of ``ids`` held in the cache
+        padded = bool(mask.any())  # generated tokens are never padding, so this holds for the whole cache
+        pos = None
         for _ in range(max_new_tokens):
             if use_cache and cache is None and ids.shape[1] <= max_len:
                 cache = self.backbone.encoder.new_cache(B, max_len, self.backbone.embeddings.token.weight)
             if cache is not None and ids.shape[1] <= max_len:
-                hidden = self._forward_cached(ids[:, cached:], mask, cache, cached)  # (B, t, D)
+                pos = positions(mask) if cached == 0 else pos[:, -1:] + 1  # (B, t): per-row positions of new ids
+                x = self.backbone.embeddings(ids[:, cached:], positions=pos)
+                # No mask at all when nothing is padding: the fused attention kernels then take their fastest path.
+                hidden = self.backbone.encoder.forward_cached(x, mask if padded else None, cache, cached)  # (B, t, D)
                 cached = ids.shape[1]
             else:  # past max_len: recompute over the last max_len tokens (left padding keeps them right-aligned)
                 window = mask[:, -max_len:]
@@ -164,14 +168,6 @@ class LanguageModel(nn.Module):
             mask = torch.cat([mask, mask.new_zeros(B, 1)], dim=1)
             if bool(finished.all()):
                 return
-
-    def _forward_cached(self, new_ids: Tensor, mask: Tensor, cache: EncoderCache, start: int) -> Tensor:
-        """``new_ids (B, t)`` at positions ``start …`` of the padded prompt matrix -> hidden ``(B, t, D)``."""
-        pos = positions(mask)[:, start:]
-        x = self.backbone.embeddings(new_ids, positions=pos)
-        # No mask at all when nothing is padding: the fused attention kernels then take their fastest path.
-        keys_mask = mask if bool(mask[:, :start].any() or mask[:, start:].any()) else None
-        return self.backbone.encoder.forward_cached(x, keys_mask, cache, start)
 
     @torch.no_grad()
     def generate(

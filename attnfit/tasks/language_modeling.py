@@ -256,29 +256,105 @@ class MaskedLM(LanguageModeling):
         return {"text": text, "fills": fills}
 
 
+def sampling_from(cfg: Any) -> Any:
+    """The :class:`~attnfit.models.sampling.Sampling` that ``temperature``/``top_k``/``top_p``/
+    ``repetition_penalty`` of a config (or request) ask for."""
+    from attnfit.models.sampling import Sampling
+
+    return Sampling(
+        float(cfg.get("temperature", 1.0)),
+        cfg.get("top_k"),
+        cfg.get("top_p"),
+        float(cfg.get("repetition_penalty") or 1.0),
+    )
+
+
+def stream_text(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    sampling: Any,
+    stop: tuple[str, ...] = (),
+    generator: Any = None,
+    cancelled: Any = None,
+) -> Any:
+    """Continue every prompt at once (left-padded into one batch), yielding ``(row, new text)`` as tokens come.
+
+    A row ends at ``<eos>`` or at its first stop string (the text is cut before it). Text that might be the start
+    of a stop string, or half a UTF-8 character, is held back until it is known. ``cancelled()`` → rows to drop
+    (e.g. a closed connection), checked between steps. Each prompt starts after an ``<eos>``, as documents did in
+    training."""
+    import torch
+
+    from attnfit.data import special_token_id
+
+    eos, pad = special_token_id(tokenizer, "eos"), model.config.pad_id
+    encoded = [[eos, *tokenizer.encode(p, add_special_tokens=False).ids] for p in prompts]
+    width = max(map(len, encoded))
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    mask = torch.tensor([[True] * (width - len(e)) + [False] * len(e) for e in encoded])
+    finished = torch.zeros(len(prompts), dtype=torch.bool)  # shared with the model's stream: rows it pads
+    generated: list[list[int]] = [[] for _ in prompts]
+    shown, done = [""] * len(prompts), [False] * len(prompts)
+    hold = max((len(s) for s in stop), default=1) - 1
+
+    def release(row: int, final: bool) -> str:
+        """The row's text not yet shown, up to what is certain."""
+        text = tokenizer.decode(generated[row])
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, final = text[:cut], True
+        if final:
+            done[row] = finished[row] = True
+        else:
+            text = text[: max(len(shown[row]), len(text) - hold)].rstrip("\ufffd")
+        delta = text[len(shown[row]) :] if text.startswith(shown[row]) else ""
+        shown[row] += delta
+        return delta
+
+    steps = model.stream(ids, max_new_tokens, sampling, mask if bool(mask.any()) else None, eos, finished, generator)
+    for tokens in steps:
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            if token != eos:
+                generated[row].append(token)
+            delta = release(row, final=token == eos)
+            if delta:
+                yield row, delta
+        for row in cancelled() if cancelled else ():
+            done[row] = finished[row] = True
+    for row in range(len(prompts)):  # rows that ran out of tokens: their held-back tail
+        if not done[row] and (delta := release(row, final=True)):
+            yield row, delta
+
+
 class CausalLM(LanguageModeling):
     name = "clm"
 
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        """Streams the continuation to the terminal token by token (sampling options and ``stop=`` strings from
+        ``cfg``)."""
+        import sys
+
         import torch
 
-        from attnfit.data import special_token_id
         from attnfit.viz import show_attention, token_strings
 
         tokenizer = artifact.record.tokenizers()[0]
-        prompt = [special_token_id(tokenizer, "eos"), *tokenizer.encode(text, add_special_tokens=False).ids]
-        with torch.no_grad():
-            ids = model.generate(
-                torch.tensor([prompt]),
-                int(cfg.max_new_tokens),
-                temperature=float(cfg.temperature),
-                top_k=cfg.get("top_k"),
-                eos_id=special_token_id(tokenizer, "eos"),
-            )[0].tolist()
-        continuation = tokenizer.decode(ids[len(prompt) :])
-        print(f"{text}\033[1m{continuation}\033[0m")
+        stop = tuple(str(s) for s in (cfg.get("stop") or ()))
+        print(text, end="", flush=True)
+        pieces = []
+        for _, delta in stream_text(model, tokenizer, [text], int(cfg.max_new_tokens), sampling_from(cfg), stop):
+            pieces.append(delta)
+            sys.stdout.write(f"\033[1m{delta}\033[0m")
+            sys.stdout.flush()
+        print()
+        continuation = "".join(pieces)
         result: dict[str, Any] = {"prompt": text, "generated": continuation}
         if cfg.heatmap:
+            ids = tokenizer.encode(text + continuation, add_special_tokens=False).ids
             ids = ids[: artifact.model_config["max_len"]]
             with torch.no_grad():
                 _, attentions = model.backbone(torch.tensor([ids]), need_weights=True)

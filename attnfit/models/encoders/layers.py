@@ -47,13 +47,7 @@ class TransformerLayer(nn.Module):
     def forward_cached(self, x: Tensor, padding_mask: Tensor | None, kv: tuple[Tensor, Tensor], start: int) -> Tensor:
         """Causal, incremental: ``x (B, t, D)`` are positions ``start … start+t-1``; their keys/values are written
         into the ``kv`` buffers, and they attend to every cached position. ``padding_mask (B, start+t)`` or None."""
-        h = self.attn_norm(x)
-        k, v = self.attention.project_kv(h)  # (B, H, t, d)
-        end = start + x.shape[1]
-        kv[0][:, :, start:end], kv[1][:, :, start:end] = k, v
-        keys, values = kv[0][:, :, :end], kv[1][:, :, :end]
-        context, _ = self.attention(h, padding_mask=padding_mask, causal=True, kv=(keys, values))
-        x = x + self.dropout(context)
+        x = x + self.dropout(self.attention.forward_cached(self.attn_norm(x), padding_mask, kv, start))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
