@@ -343,7 +343,8 @@ class CausalLM(LanguageModeling):
         from attnfit.viz import show_attention, token_strings
 
         tokenizer = artifact.record.tokenizers()[0]
-        stop = tuple(str(s) for s in (cfg.get("stop") or ()))
+        stop = cfg.get("stop") or ()
+        stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
         print(text, end="", flush=True)
         pieces = []
         for _, delta in stream_text(model, tokenizer, [text], int(cfg.max_new_tokens), sampling_from(cfg), stop):
