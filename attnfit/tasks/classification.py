@@ -225,6 +225,44 @@ class Classification(Task):
 
         return ClassificationModule(build_model(artifact), artifact.record)
 
+    endpoint = "classify"
+
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """Label and probabilities per input (a tab separates a pair); weights: every attention layer and head,
+        and the pooling weights over the tokens."""
+        import torch
+
+        from attnfit.data.classification import encode_for_classification
+        from attnfit.tasks.base import attention_maps, pad_right, rounded
+        from attnfit.viz import token_strings
+
+        tokenizer, label_names = artifact.record.tokenizers()[0], list(artifact.label_names or [])
+        max_len = input_length(options.get("max_len"), int(artifact.model_config["max_len"]))
+        rows = []
+        for text in inputs:
+            first, tab, second = text.partition("\t")
+            rows.append(encode_for_classification(first, tokenizer, max_len, second if tab else None))
+        ids, padding = pad_right(rows, int(artifact.model_config.get("pad_id", 0)))
+        with torch.no_grad():
+            output = model(ids, padding, need_weights=need_weights)
+        probs = output.logits.float().softmax(-1)  # (B, C)
+        results = []
+        for i, text in enumerate(inputs):
+            record: dict[str, Any] = {
+                "text": text,
+                "label": label_names[int(probs[i].argmax())],
+                "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probs[i], strict=True)},
+            }
+            if need_weights:
+                n = len(rows[i])
+                record["attention"] = {
+                    "tokens": token_strings(tokenizer, rows[i]),
+                    "pooling": rounded(output.pooling_weights[i, :n]),
+                    "layers": attention_maps(output.attentions, i, n),
+                }
+            results.append(record)
+        return results
+
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
         import torch
         from datasets import Dataset

@@ -225,6 +225,50 @@ def sample(model: Any, tokenizer: Any, max_new_tokens: int = 48) -> str:
 
 class MaskedLM(LanguageModeling):
     name = "mlm"
+    endpoint = "fill-mask"
+
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """The ``top_k`` likeliest tokens at every mask of every input (inputs without a mask: DataError)."""
+        import torch
+
+        from attnfit.data import special_token_id
+        from attnfit.tasks.base import attention_maps, pad_right
+        from attnfit.viz import token_strings
+
+        tokenizer = artifact.record.tokenizers()[0]
+        mask_id = special_token_id(tokenizer, "mask")
+        max_len, top = int(artifact.model_config["max_len"]), int(options.get("top_k") or 5)
+        rows = [tokenizer.encode(text, add_special_tokens=False).ids for text in inputs]
+        for text, ids in zip(inputs, rows, strict=True):
+            if len(ids) > max_len:
+                raise DataError(f"the text is {len(ids)} tokens, longer than this model's {max_len} positions")
+            if mask_id not in ids:
+                token = tokenizer.id_to_token(mask_id)
+                raise DataError(f"a masked LM fills {token} tokens; the text has none: {text!r}")
+        ids, padding = pad_right(rows, int(artifact.model_config.get("pad_id", 0)))
+        with torch.no_grad():
+            hidden, attentions = model.backbone(ids, padding if bool(padding.any()) else None, need_weights)
+            probs = model.head(hidden).float().softmax(-1)  # (B, T, V)
+        results = []
+        for i, (text, row) in enumerate(zip(inputs, rows, strict=True)):
+            fills = []
+            for position in (p for p, t in enumerate(row) if t == mask_id):
+                best = torch.topk(probs[i, position], min(top, probs.shape[-1]))
+                fills.append(
+                    {
+                        "position": position,
+                        "candidates": [
+                            {"token": tokenizer.decode([int(t)]).strip(), "p": round(float(p), 6)}
+                            for p, t in zip(best.values, best.indices, strict=True)
+                        ],
+                    }
+                )
+            record: dict[str, Any] = {"text": text, "fills": fills}
+            if need_weights:
+                maps = attention_maps(attentions, i, len(row))
+                record["attention"] = {"tokens": token_strings(tokenizer, row), "layers": maps}
+            results.append(record)
+        return results
 
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
         import torch
@@ -332,6 +376,38 @@ def stream_text(
 
 class CausalLM(LanguageModeling):
     name = "clm"
+    endpoint = "generate"
+
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """Continuations of every prompt in one left-padded batch (``max_new_tokens``, sampling options, ``stop``);
+        weights: every layer and head over the prompt and its continuation."""
+        import torch
+
+        from attnfit.data import special_token_id
+        from attnfit.tasks.base import attention_maps
+        from attnfit.viz import token_strings
+
+        tokenizer = artifact.record.tokenizers()[0]
+        stop = tuple(options.get("stop") or ())
+        generator = None if options.get("seed") is None else torch.Generator().manual_seed(int(options.get("seed")))
+        texts = [""] * len(inputs)
+        steps = stream_text(
+            model, tokenizer, inputs, int(options.get("max_new_tokens") or 50), sampling_from(options), stop, generator
+        )
+        for row, delta in steps:
+            texts[row] += delta
+        results = []
+        for prompt, continuation in zip(inputs, texts, strict=True):
+            record: dict[str, Any] = {"prompt": prompt, "generated": continuation}
+            if need_weights:
+                text_ids = tokenizer.encode(prompt + continuation, add_special_tokens=False).ids
+                ids = [special_token_id(tokenizer, "eos"), *text_ids][: int(artifact.model_config["max_len"])]
+                with torch.no_grad():
+                    _, attentions = model.backbone(torch.tensor([ids]), need_weights=True)
+                maps = attention_maps(attentions, 0, len(ids))
+                record["attention"] = {"tokens": token_strings(tokenizer, ids), "layers": maps}
+            results.append(record)
+        return results
 
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
         """Streams the continuation to the terminal token by token (sampling options and ``stop=`` strings from
