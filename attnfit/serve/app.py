@@ -284,6 +284,8 @@ def create_app(artifact: Artifact, model: Any = None, limits: Limits | None = No
 
     @app.api_route("/v1/{name}", methods=["GET", "POST"], include_in_schema=False)
     async def other(name: str) -> JSONResponse:
+        if name in ("info", endpoint):
+            return JSONResponse({"error": f"/v1/{name} takes {'GET' if name == 'info' else 'POST'}"}, status_code=405)
         return JSONResponse(
             {"error": f"/v1/{name} is not served: this is a {artifact.task} model; it answers POST /v1/{endpoint}"},
             status_code=404,
