@@ -80,3 +80,48 @@ def artifacts(tokenizer) -> dict[str, Artifact]:
 def exported_classifier(artifacts, tmp_path_factory) -> Path:
     """The classifier as an exported directory: what ``attnfit-serve checkpoint=`` reads."""
     return export(artifacts["classification"], tmp_path_factory.mktemp("serve") / "classifier")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(exported_classifier, cache_dir, tmp_path_factory):
+    """``attnfit-serve checkpoint=EXPORT port=P`` as a real process (uvicorn on loopback); yields its URL."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "attnfit.cli.serve", f"checkpoint={exported_classifier}", f"port={port}",
+             "log_level=warning"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"attnfit-serve did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
