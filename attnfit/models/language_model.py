@@ -53,7 +53,8 @@ class Backbone(nn.Module):
     ) -> tuple[Tensor, list[Tensor]]:
         """Returns hidden states and, when ``need_weights``, one ``(B, H, T, T)`` map per attention layer.
         ``positions (B, T)``: per-row position ids (left-padded prompts); default ``0 … T-1``."""
-        x = self.embeddings(input_ids, positions=positions)
+        # Only ask for positions when given: ELECTRA's generator swaps in embeddings that take ids alone.
+        x = self.embeddings(input_ids) if positions is None else self.embeddings(input_ids, positions=positions)
         return self.encoder(x, padding_mask, self.config.causal, need_weights)
 
 
