@@ -142,3 +142,39 @@ def test_top_k_repetition_penalty_and_greedy():
 def test_bad_sampling_settings_are_named(kwargs, named):
     with pytest.raises(ConfigError, match=named):
         Sampling(**kwargs)
+
+
+def test_stream_text_cuts_at_stop_strings_and_streams_what_it_returns():
+    from attnfit.data.tokenizer import train_tokenizer
+    from attnfit.tasks.language_modeling import sampling_from, stream_text
+
+    texts = ["the dog runs . the cat sleeps . a bird sings ."] * 30
+    tokenizer = train_tokenizer("bpe", texts, vocab_size=300)
+    torch.manual_seed(1)
+    model = LanguageModel(
+        ModelConfig(
+            vocab_size=tokenizer.get_vocab_size(),
+            dim=32,
+            max_len=64,
+            causal=True,
+            encoder=EncoderConfig(name="transformer", num_layers=1, dropout=0.0),
+            attention=AttentionConfig(name="self", num_heads=2),
+        )
+    ).eval()
+    greedy = sampling_from({"temperature": 0})
+    prompts = ["the dog", "a bird sings"]
+    free = ["", ""]
+    pieces_per_row = [0, 0]
+    for row, delta in stream_text(model, tokenizer, prompts, 12, greedy):
+        free[row] += delta
+        pieces_per_row[row] += 1
+    assert min(pieces_per_row) >= 2  # text arrives piece by piece
+    for prompt, text in zip(prompts, free, strict=True):  # batched streaming = the model's own greedy tokens
+        ids = torch.tensor([[3, *tokenizer.encode(prompt, add_special_tokens=False).ids]])  # <eos> starts a document
+        alone = model.generate(ids, 12, temperature=0, eos_id=3)[0, ids.shape[1] :].tolist()
+        alone = alone[: alone.index(3)] if 3 in alone else alone  # up to <eos>
+        assert text == tokenizer.decode(alone)
+    # A stop string taken from the free text: the text ends just before it, nothing of it is ever streamed.
+    stop = free[0][len(free[0]) // 2 : len(free[0]) // 2 + 2]
+    cut = "".join(d for row, d in stream_text(model, tokenizer, prompts[:1], 12, greedy, stop=(stop,)) if row == 0)
+    assert cut == free[0][: free[0].find(stop)]
