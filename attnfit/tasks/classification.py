@@ -264,39 +264,21 @@ class Classification(Task):
         return results
 
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
-        import torch
-        from datasets import Dataset
+        """The label and probabilities, printed (the same inference as attnfit-serve's classify); with
+        ``heatmap=true`` the pooling weights and the last layer's attention (mean over heads) as a PNG."""
+        import numpy as np
 
-        from attnfit.data.classification import tokenize_for_classification
-        from attnfit.viz import show_attention, token_strings
+        from attnfit.viz import show_attention
 
-        tokenizer, label_names = artifact.record.tokenizers()[0], list(artifact.label_names or [])
-        first, _, second = text.partition("\t")
-        rows = {"text": [first], "label": [label_names[0]]}
-        if second:
-            rows["text_pair"] = [second]
-        max_len = input_length(cfg.get("max_len"), int(artifact.model_config["max_len"]))
-        ids = tokenize_for_classification(Dataset.from_dict(rows), tokenizer, max_len, label_names, split="predict")[0][
-            "input_ids"
-        ]
-        with torch.no_grad():
-            output = model(torch.tensor([ids]), need_weights=bool(cfg.heatmap))
-        probs = output.logits[0].float().softmax(-1)
-        label = label_names[int(probs.argmax())]
-        result: dict[str, Any] = {
-            "text": text,
-            "label": label,
-            "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probs, strict=True)},
-        }
-        print(f"{label}  " + "  ".join(f"{k}={v:.3f}" for k, v in result["probabilities"].items()) + f"  | {text}")
+        result = self.infer(model, artifact, [text], cfg, need_weights=bool(cfg.heatmap))[0]
+        probabilities = "  ".join(f"{k}={v:.3f}" for k, v in result["probabilities"].items())
+        print(f"{result['label']}  {probabilities}  | {text}")
         if cfg.heatmap:
-            tokens = token_strings(tokenizer, ids)
-            last = output.attentions[-1][0].mean(0).numpy() if output.attentions else None
+            attention = result.pop("attention")
+            tokens, pooling = attention["tokens"], np.asarray(attention["pooling"])
+            last = np.asarray(attention["layers"][-1]).mean(0) if attention["layers"] else None
             path = out / f"attention_{index}.png"
-            show_attention(tokens, output.pooling_weights[0].numpy(), last, f"{label} ({float(probs.max()):.2f})", path)
-            result["attention"] = {
-                "tokens": tokens,
-                "pooling": [round(float(w), 6) for w in output.pooling_weights[0]],
-                "heatmap": str(path),
-            }
+            confidence = max(result["probabilities"].values())
+            show_attention(tokens, pooling, last, f"{result['label']} ({confidence:.2f})", path)
+            result["attention"] = {"tokens": tokens, "pooling": attention["pooling"], "heatmap": str(path)}
         return result

@@ -241,7 +241,9 @@ class MaskedLM(LanguageModeling):
         rows = [tokenizer.encode(text, add_special_tokens=False).ids for text in inputs]
         for text, ids in zip(inputs, rows, strict=True):
             if len(ids) > max_len:
-                raise DataError(f"the text is {len(ids)} tokens, longer than this model's {max_len} positions")
+                raise DataError(
+                    f"the text is {len(ids)} tokens, longer than this model's {max_len} positions; shorten it"
+                )
             if mask_id not in ids:
                 token = tokenizer.id_to_token(mask_id)
                 raise DataError(f"a masked LM fills {token} tokens; the text has none: {text!r}")
@@ -271,33 +273,16 @@ class MaskedLM(LanguageModeling):
         return results
 
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
-        import torch
-
+        """The five likeliest tokens at every mask, printed (the same inference as attnfit-serve's fill-mask)."""
         from attnfit.data import special_token_id
 
         tokenizer = artifact.record.tokenizers()[0]
-        mask_id = special_token_id(tokenizer, "mask")
-        mask_token = tokenizer.id_to_token(mask_id)
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-        max_len = int(artifact.model_config["max_len"])
-        if len(ids) > max_len:
-            raise DataError(f"the text is {len(ids)} tokens, longer than this model's {max_len} positions; shorten it")
-        positions = [i for i, t in enumerate(ids) if t == mask_id]
-        if not positions:
-            raise DataError(f"a masked LM fills {mask_token} tokens; the text has none: {text!r}")
-        with torch.no_grad():
-            probs = model(torch.tensor([ids]))[0].float().softmax(-1)
-        fills = []
-        for position in positions:
-            top = torch.topk(probs[position], 5)
-            fills.append(
-                [
-                    {"token": tokenizer.decode([int(i)]).strip(), "p": round(float(p), 6)}
-                    for p, i in zip(top.values, top.indices, strict=True)
-                ]
-            )
-            print(f"{mask_token} @ {position}: " + ", ".join(f"{f['token']!r} {f['p']:.3f}" for f in fills[-1]))
-        return {"text": text, "fills": fills}
+        mask_token = tokenizer.id_to_token(special_token_id(tokenizer, "mask"))
+        result = self.infer(model, artifact, [text], {"top_k": 5}, need_weights=False)[0]
+        for fill in result["fills"]:
+            shown = ", ".join(f"{c['token']!r} {c['p']:.3f}" for c in fill["candidates"])
+            print(f"{mask_token} @ {fill['position']}: {shown}")
+        return {"text": text, "fills": [fill["candidates"] for fill in result["fills"]]}
 
 
 def sampling_from(cfg: Any) -> Any:
