@@ -9,12 +9,6 @@ from attnfit.options import container
 
 
 def serve(cfg: DictConfig) -> None:
-    import torch
-    import uvicorn
-
-    from attnfit.pretrained import build_model, load_artifact
-    from attnfit.serve import Limits, create_app
-
     if not cfg.get("checkpoint"):
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
     port = cfg.port
@@ -24,6 +18,12 @@ def serve(cfg: DictConfig) -> None:
     for key, value in limits.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"limits.{key}={value!r} must be a positive number")
+    import torch  # after the checks: a mistake is reported before the slow imports
+    import uvicorn
+
+    from attnfit.pretrained import build_model, load_artifact
+    from attnfit.serve import Limits, create_app
+
     torch.set_num_threads(int(cfg.threads))
     artifact = load_artifact(cfg.checkpoint)
     app = create_app(artifact, build_model(artifact), Limits(**limits))

@@ -279,7 +279,7 @@ def create_app(artifact: Artifact, model: Any = None, limits: Limits | None = No
         async def run(body: Body) -> Any:  # type: ignore[valid-type]
             return await predict(body)
 
-        run.__annotations__["body"] = Body
+        run.__annotations__["body"] = Body  # FastAPI reads the body's schema from the annotation: this task's
         app.post(f"/v1/{endpoint}", summary=f"{endpoint} ({artifact.task} model)")(run)
 
     @app.api_route("/v1/{name}", methods=["GET", "POST"], include_in_schema=False)

@@ -194,3 +194,16 @@ def test_requests_write_nothing(clients, tmp_path, monkeypatch):
     for task, (path, body) in ENDPOINTS.items():
         assert clients[task].post(path, json={**body, "need_weights": True}).status_code == 200
     assert list(tmp_path.iterdir()) == []
+
+
+def test_limits_defaults_agree_with_serve_yaml():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from attnfit.cli import CONFIG_DIR
+
+    yaml_limits = yaml.safe_load((Path(CONFIG_DIR) / "serve.yaml").read_text())["limits"]
+    python_limits = {f.name: f.default for f in dataclasses.fields(Limits)}
+    assert yaml_limits == python_limits

@@ -110,3 +110,18 @@ def test_explorer_page_draws_the_weights_the_api_returns(live_server, tmp_path):
             assert errors == []
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [([], "checkpoint=PATH is required"), (["checkpoint=EXPORT", "port=70000"], "port=70000 must be a whole number")],
+)
+def test_serve_command_mistakes_are_one_line(exported_classifier, tmp_path, args, message):
+    import subprocess
+    import sys
+
+    args = [a.replace("EXPORT", str(exported_classifier)) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnfit.cli.serve", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
