@@ -406,13 +406,13 @@ class CausalLM(LanguageModeling):
         tokenizer = artifact.record.tokenizers()[0]
         stop = cfg.get("stop") or ()
         stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
-        print(text, end="", flush=True)
+        print(f"{text}\033[1m", end="", flush=True)  # the continuation in bold, as it comes
         pieces = []
         for _, delta in stream_text(model, tokenizer, [text], int(cfg.max_new_tokens), sampling_from(cfg), stop):
             pieces.append(delta)
-            sys.stdout.write(f"\033[1m{delta}\033[0m")
+            sys.stdout.write(delta)
             sys.stdout.flush()
-        print()
+        print("\033[0m")
         continuation = "".join(pieces)
         result: dict[str, Any] = {"prompt": text, "generated": continuation}
         if cfg.heatmap:
