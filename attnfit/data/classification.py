@@ -290,6 +290,13 @@ def _tokenize_batch(
     return {"input_ids": rows, "label": [index[str(v)] for v in batch["label"]], "truncated": truncated}
 
 
+def encode_for_classification(text: str, tokenizer: Tokenizer, max_len: int, text_pair: str | None = None) -> list[int]:
+    """One input's ids, exactly as :func:`tokenize_for_classification` builds them (no dataset, nothing cached)."""
+    batch = {"text": [text], "label": [""], **({"text_pair": [text_pair]} if text_pair is not None else {})}
+    ids = {f"{role}_id": special_token_id(tokenizer, role) for role in ("cls", "sep", "eos")}
+    return _tokenize_batch(batch, tokenizer, max_len, {"": 0}, **ids)["input_ids"][0]
+
+
 def tokenize_for_classification(
     ds: Dataset,
     tokenizer: Tokenizer,

@@ -34,13 +34,18 @@ class Embeddings(nn.Module):
             self.sinusoid = None
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, input_ids: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, input_ids: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        """``positions (B, T)``, when given, replaces ``offset + arange(T)``: left-padded prompts start at 0 per row."""
         T = input_ids.shape[1]
-        if offset + T > self.max_len:
+        if positions is None and offset + T > self.max_len:
             raise ValueError(f"sequence of {offset + T} tokens exceeds the model's max_len={self.max_len}")
         x = self.token(input_ids) * self.scale if self.scale != 1.0 else self.token(input_ids)
+        if positions is None:
+            positions = torch.arange(offset, offset + T, device=input_ids.device)
+        elif positions.numel() and int(positions.max()) >= self.max_len:
+            raise ValueError(f"position {int(positions.max())} exceeds the model's max_len={self.max_len}")
         if self.position is not None:
-            x = x + self.position(torch.arange(offset, offset + T, device=input_ids.device))
+            x = x + self.position(positions)
         elif self.sinusoid is not None:
-            x = x + self.sinusoid[offset : offset + T]
+            x = x + self.sinusoid[positions]
         return self.dropout(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -9,6 +11,7 @@ from torch import Tensor, nn
 from attnfit.models.config import ModelConfig
 from attnfit.models.embeddings import Embeddings
 from attnfit.models.encoders import build_encoder
+from attnfit.models.sampling import Sampling, next_token
 
 
 def init_weights(module: nn.Module) -> None:
@@ -42,10 +45,16 @@ class Backbone(nn.Module):
         self.encoder = build_encoder(config)
 
     def forward(
-        self, input_ids: Tensor, padding_mask: Tensor | None = None, need_weights: bool = False
+        self,
+        input_ids: Tensor,
+        padding_mask: Tensor | None = None,
+        need_weights: bool = False,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """Returns hidden states and, when ``need_weights``, one ``(B, H, T, T)`` map per attention layer."""
-        x = self.embeddings(input_ids)
+        """Returns hidden states and, when ``need_weights``, one ``(B, H, T, T)`` map per attention layer.
+        ``positions (B, T)``: per-row position ids (left-padded prompts); default ``0 … T-1``."""
+        # Only ask for positions when given: ELECTRA's generator swaps in embeddings that take ids alone.
+        x = self.embeddings(input_ids) if positions is None else self.embeddings(input_ids, positions=positions)
         return self.encoder(x, padding_mask, self.config.causal, need_weights)
 
 
@@ -101,6 +110,67 @@ class LanguageModel(nn.Module):
         return loss, logits, labels
 
     @torch.no_grad()
+    def stream(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        sampling: Sampling | None = None,
+        padding_mask: Tensor | None = None,
+        eos_id: int | None = None,
+        finished: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[Tensor]:
+        """Yield the next token of every prompt, ``(B,)`` per step, as it is chosen.
+
+        ``input_ids (B, T)`` are prompts, left-padded when their lengths differ (``padding_mask (B, T)`` True at
+        padding); each row then generates exactly as it would alone. A row that produced ``eos_id``, or that the
+        caller marked in ``finished (B,)`` between steps (a stop string, a closed connection), gets ``pad_id``
+        from then on; the stream ends when every row has finished or after ``max_new_tokens`` steps.
+
+        With ``use_cache`` the prompt is encoded once and each new token costs one position (key/value cache for
+        attention layers, carried state for LSTM/GRU, the last ``kernel_size - 1`` inputs for CNN blocks). Past
+        ``max_len`` tokens, both paths re-encode the last ``max_len`` tokens every step, as positions shift.
+        """
+        if not self.config.causal:
+            raise ValueError("generate() needs a causal LM (task=clm); this model is a masked LM")
+        sampling = sampling or Sampling()
+        B, device, max_len = input_ids.shape[0], input_ids.device, self.config.max_len
+        mask = torch.zeros_like(input_ids, dtype=torch.bool) if padding_mask is None else padding_mask.bool()
+        finished = torch.zeros(B, dtype=torch.bool, device=device) if finished is None else finished
+        seen = None
+        if sampling.repetition_penalty != 1.0:  # counts of each vocabulary id among the real tokens
+            seen = torch.zeros(B, self.config.vocab_size, device=device).scatter_add_(1, input_ids, (~mask).float())
+        ids, cache, cached = input_ids, None, 0  # ``cached``: positions of ``ids`` held in the cache
+        padded = bool(mask.any())  # generated tokens are never padding, so this holds for the whole cache
+        pos = None
+        for _ in range(max_new_tokens):
+            if use_cache and cache is None and ids.shape[1] <= max_len:
+                cache = self.backbone.encoder.new_cache(B, max_len, self.backbone.embeddings.token.weight)
+            if cache is not None and ids.shape[1] <= max_len:
+                pos = positions(mask) if cached == 0 else pos[:, -1:] + 1  # (B, t): per-row positions of new ids
+                x = self.backbone.embeddings(ids[:, cached:], positions=pos)
+                # No mask at all when nothing is padding: the fused attention kernels then take their fastest path.
+                hidden = self.backbone.encoder.forward_cached(x, mask if padded else None, cache, cached)  # (B, t, D)
+                cached = ids.shape[1]
+            else:  # past max_len: recompute over the last max_len tokens (left padding keeps them right-aligned)
+                window = mask[:, -max_len:]
+                window_mask = window if bool(window.any()) else None
+                hidden = self.backbone(ids[:, -max_len:], window_mask, positions=positions(window))[0]
+            logits = self.head(hidden[:, -1]).float()  # (B, V)
+            next_id = next_token(logits, sampling, None if seen is None else seen > 0, generator)  # (B, 1)
+            next_id = next_id.masked_fill(finished[:, None], self.config.pad_id)
+            if eos_id is not None:
+                finished |= next_id[:, 0] == eos_id
+            if seen is not None:
+                seen.scatter_add_(1, next_id, torch.ones_like(next_id, dtype=seen.dtype))
+            yield next_id[:, 0]
+            ids = torch.cat([ids, next_id], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(B, 1)], dim=1)
+            if bool(finished.all()):
+                return
+
+    @torch.no_grad()
     def generate(
         self,
         input_ids: Tensor,
@@ -109,26 +179,19 @@ class LanguageModel(nn.Module):
         top_k: int | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        padding_mask: Tensor | None = None,
+        use_cache: bool = True,
     ) -> Tensor:
-        """Sample ``max_new_tokens`` continuations of ``input_ids (B, T)``; temperature 0 means greedy."""
-        if not self.config.causal:
-            raise ValueError("generate() needs a causal LM (task=clm); this model is a masked LM")
-        ids = input_ids
-        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            logits = self(ids[:, -self.config.max_len :])[:, -1].float()  # (B, V)
-            if temperature <= 0:
-                next_id = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
-            if eos_id is not None:
-                next_id = next_id.masked_fill(finished[:, None], self.config.pad_id)
-                finished |= next_id.squeeze(1) == eos_id
-            ids = torch.cat([ids, next_id], dim=1)
-            if eos_id is not None and bool(finished.all()):
-                break
-        return ids
+        """``input_ids (B, T)`` followed by up to ``max_new_tokens`` generated tokens (see :meth:`stream`);
+        temperature 0 means greedy."""
+        sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
+        steps = self.stream(input_ids, max_new_tokens, sampling, padding_mask, eos_id, None, generator, use_cache)
+        new = [token[:, None] for token in steps]
+        return torch.cat([input_ids, *new], dim=1)
+
+
+def positions(padding_mask: Tensor) -> Tensor:
+    """Position ids ``(B, T)`` of a left-padded batch: each row's first real token is at 0 (padding: 0 too)."""
+    return ((~padding_mask).long().cumsum(1) - 1).clamp_(min=0)

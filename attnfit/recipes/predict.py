@@ -91,6 +91,7 @@ COUNTS = {
     "top_k": "an integer ≥ 1 (sample from the k likeliest tokens), or null for no limit",
     "max_new_tokens": "an integer ≥ 1",
     "n_best": "an integer ≥ 1",
+    "nbest": "an integer ≥ 1 (how many translations to list), or null for one",
     "max_answer_len": "an integer ≥ 1 (tokens), or null for the checkpoint's",
     "batch_size": "an integer ≥ 1",
 }

@@ -124,3 +124,30 @@ class Task:
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
         """One prediction, printed and returned as a JSON-able record (heat maps written under ``out``)."""
         raise NotImplementedError
+
+    # What attnfit-serve exposes: the endpoint name and whether inputs are (question, context) pairs.
+    endpoint: str | None = None
+
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """Predictions for a batch of inputs as JSON-able records, with the attention weights when asked: nothing
+        printed, nothing written (attnfit-serve's path). ``options``: a mapping with ``.get`` (a request's)."""
+        raise NotImplementedError(f"task {self.name} has no batched inference")
+
+
+def rounded(values: Any, digits: int = 6) -> Any:
+    """A tensor as nested lists of floats rounded to ``digits`` (JSON that a browser draws quickly)."""
+    return ((values.double() * 10**digits).round() / 10**digits).tolist()  # float64: 0.500612, not 0.50061202
+
+
+def attention_maps(attentions: list[Any], row: int, length: int) -> list:
+    """Row ``row``'s maps ``[layer][head][query][key]`` over its first ``length`` positions (padding cut off)."""
+    return [rounded(layer[row, :, :length, :length]) for layer in attentions]
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """``(ids (B, T), padding_mask (B, T))`` of token lists padded on the right."""
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
+    return ids, torch.tensor([[False] * len(r) + [True] * (width - len(r)) for r in rows])

@@ -225,40 +225,60 @@ class Classification(Task):
 
         return ClassificationModule(build_model(artifact), artifact.record)
 
-    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
-        import torch
-        from datasets import Dataset
+    endpoint = "classify"
 
-        from attnfit.data.classification import tokenize_for_classification
-        from attnfit.viz import show_attention, token_strings
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """Label and probabilities per input (a tab separates a pair); weights: every attention layer and head,
+        and the pooling weights over the tokens."""
+        import torch
+
+        from attnfit.data.classification import encode_for_classification
+        from attnfit.tasks.base import attention_maps, pad_right, rounded
+        from attnfit.viz import token_strings
 
         tokenizer, label_names = artifact.record.tokenizers()[0], list(artifact.label_names or [])
-        first, _, second = text.partition("\t")
-        rows = {"text": [first], "label": [label_names[0]]}
-        if second:
-            rows["text_pair"] = [second]
-        max_len = input_length(cfg.get("max_len"), int(artifact.model_config["max_len"]))
-        ids = tokenize_for_classification(Dataset.from_dict(rows), tokenizer, max_len, label_names, split="predict")[0][
-            "input_ids"
-        ]
+        max_len = input_length(options.get("max_len"), int(artifact.model_config["max_len"]))
+        rows = []
+        for text in inputs:
+            first, tab, second = text.partition("\t")
+            rows.append(encode_for_classification(first, tokenizer, max_len, second if tab else None))
+        ids, padding = pad_right(rows, int(artifact.model_config.get("pad_id", 0)))
         with torch.no_grad():
-            output = model(torch.tensor([ids]), need_weights=bool(cfg.heatmap))
-        probs = output.logits[0].float().softmax(-1)
-        label = label_names[int(probs.argmax())]
-        result: dict[str, Any] = {
-            "text": text,
-            "label": label,
-            "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probs, strict=True)},
-        }
-        print(f"{label}  " + "  ".join(f"{k}={v:.3f}" for k, v in result["probabilities"].items()) + f"  | {text}")
-        if cfg.heatmap:
-            tokens = token_strings(tokenizer, ids)
-            last = output.attentions[-1][0].mean(0).numpy() if output.attentions else None
-            path = out / f"attention_{index}.png"
-            show_attention(tokens, output.pooling_weights[0].numpy(), last, f"{label} ({float(probs.max()):.2f})", path)
-            result["attention"] = {
-                "tokens": tokens,
-                "pooling": [round(float(w), 6) for w in output.pooling_weights[0]],
-                "heatmap": str(path),
+            output = model(ids, padding, need_weights=need_weights)
+        probs = output.logits.float().softmax(-1)  # (B, C)
+        results = []
+        for i, text in enumerate(inputs):
+            record: dict[str, Any] = {
+                "text": text,
+                "label": label_names[int(probs[i].argmax())],
+                "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probs[i], strict=True)},
             }
+            if need_weights:
+                n = len(rows[i])
+                record["attention"] = {
+                    "tokens": token_strings(tokenizer, rows[i]),
+                    "pooling": rounded(output.pooling_weights[i, :n]),
+                    "layers": attention_maps(output.attentions, i, n),
+                }
+            results.append(record)
+        return results
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        """The label and probabilities, printed (the same inference as attnfit-serve's classify); with
+        ``heatmap=true`` the pooling weights and the last layer's attention (mean over heads) as a PNG."""
+        import numpy as np
+
+        from attnfit.viz import show_attention
+
+        result = self.infer(model, artifact, [text], cfg, need_weights=bool(cfg.heatmap))[0]
+        probabilities = "  ".join(f"{k}={v:.3f}" for k, v in result["probabilities"].items())
+        print(f"{result['label']}  {probabilities}  | {text}")
+        if cfg.heatmap:
+            attention = result.pop("attention")
+            tokens, pooling = attention["tokens"], np.asarray(attention["pooling"])
+            last = np.asarray(attention["layers"][-1]).mean(0) if attention["layers"] else None
+            path = out / f"attention_{index}.png"
+            confidence = max(result["probabilities"].values())
+            show_attention(tokens, pooling, last, f"{result['label']} ({confidence:.2f})", path)
+            result["attention"] = {"tokens": tokens, "pooling": attention["pooling"], "heatmap": str(path)}
         return result

@@ -225,60 +225,198 @@ def sample(model: Any, tokenizer: Any, max_new_tokens: int = 48) -> str:
 
 class MaskedLM(LanguageModeling):
     name = "mlm"
+    endpoint = "fill-mask"
 
-    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """The ``top_k`` likeliest tokens at every mask of every input (inputs without a mask: DataError)."""
         import torch
 
         from attnfit.data import special_token_id
+        from attnfit.tasks.base import attention_maps, pad_right
+        from attnfit.viz import token_strings
 
         tokenizer = artifact.record.tokenizers()[0]
         mask_id = special_token_id(tokenizer, "mask")
-        mask_token = tokenizer.id_to_token(mask_id)
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-        max_len = int(artifact.model_config["max_len"])
-        if len(ids) > max_len:
-            raise DataError(f"the text is {len(ids)} tokens, longer than this model's {max_len} positions; shorten it")
-        positions = [i for i, t in enumerate(ids) if t == mask_id]
-        if not positions:
-            raise DataError(f"a masked LM fills {mask_token} tokens; the text has none: {text!r}")
+        max_len, top = int(artifact.model_config["max_len"]), int(options.get("top_k") or 5)
+        rows = [tokenizer.encode(text, add_special_tokens=False).ids for text in inputs]
+        for text, ids in zip(inputs, rows, strict=True):
+            if len(ids) > max_len:
+                raise DataError(
+                    f"the text is {len(ids)} tokens, longer than this model's {max_len} positions; shorten it"
+                )
+            if mask_id not in ids:
+                token = tokenizer.id_to_token(mask_id)
+                raise DataError(f"a masked LM fills {token} tokens; the text has none: {text!r}")
+        ids, padding = pad_right(rows, int(artifact.model_config.get("pad_id", 0)))
         with torch.no_grad():
-            probs = model(torch.tensor([ids]))[0].float().softmax(-1)
-        fills = []
-        for position in positions:
-            top = torch.topk(probs[position], 5)
-            fills.append(
-                [
-                    {"token": tokenizer.decode([int(i)]).strip(), "p": round(float(p), 6)}
-                    for p, i in zip(top.values, top.indices, strict=True)
-                ]
-            )
-            print(f"{mask_token} @ {position}: " + ", ".join(f"{f['token']!r} {f['p']:.3f}" for f in fills[-1]))
-        return {"text": text, "fills": fills}
+            hidden, attentions = model.backbone(ids, padding if bool(padding.any()) else None, need_weights)
+            probs = model.head(hidden).float().softmax(-1)  # (B, T, V)
+        results = []
+        for i, (text, row) in enumerate(zip(inputs, rows, strict=True)):
+            fills = []
+            for position in (p for p, t in enumerate(row) if t == mask_id):
+                best = torch.topk(probs[i, position], min(top, probs.shape[-1]))
+                fills.append(
+                    {
+                        "position": position,
+                        "candidates": [
+                            {"token": tokenizer.decode([int(t)]).strip(), "p": round(float(p), 6)}
+                            for p, t in zip(best.values, best.indices, strict=True)
+                        ],
+                    }
+                )
+            record: dict[str, Any] = {"text": text, "fills": fills}
+            if need_weights:
+                maps = attention_maps(attentions, i, len(row))
+                record["attention"] = {"tokens": token_strings(tokenizer, row), "layers": maps}
+            results.append(record)
+        return results
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        """The five likeliest tokens at every mask, printed (the same inference as attnfit-serve's fill-mask)."""
+        from attnfit.data import special_token_id
+
+        tokenizer = artifact.record.tokenizers()[0]
+        mask_token = tokenizer.id_to_token(special_token_id(tokenizer, "mask"))
+        result = self.infer(model, artifact, [text], {"top_k": 5}, need_weights=False)[0]
+        for fill in result["fills"]:
+            shown = ", ".join(f"{c['token']!r} {c['p']:.3f}" for c in fill["candidates"])
+            print(f"{mask_token} @ {fill['position']}: {shown}")
+        return {"text": text, "fills": [fill["candidates"] for fill in result["fills"]]}
+
+
+def sampling_from(cfg: Any) -> Any:
+    """The :class:`~attnfit.models.sampling.Sampling` that ``temperature``/``top_k``/``top_p``/
+    ``repetition_penalty`` of a config (or request) ask for."""
+    from attnfit.models.sampling import Sampling
+
+    return Sampling(
+        float(cfg.get("temperature", 1.0)),
+        cfg.get("top_k"),
+        cfg.get("top_p"),
+        float(cfg.get("repetition_penalty") or 1.0),
+    )
+
+
+def stream_text(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    sampling: Any,
+    stop: tuple[str, ...] = (),
+    generator: Any = None,
+    cancelled: Any = None,
+) -> Any:
+    """Continue every prompt at once (left-padded into one batch), yielding ``(row, new text)`` as tokens come.
+
+    A row ends at ``<eos>`` or at its first stop string (the text is cut before it). Text that might be the start
+    of a stop string, or half a UTF-8 character, is held back until it is known. ``cancelled()`` → rows to drop
+    (e.g. a closed connection), checked between steps. Each prompt starts after an ``<eos>``, as documents did in
+    training."""
+    import torch
+
+    from attnfit.data import special_token_id
+
+    eos, pad = special_token_id(tokenizer, "eos"), model.config.pad_id
+    encoded = [[eos, *tokenizer.encode(p, add_special_tokens=False).ids] for p in prompts]
+    width = max(map(len, encoded))
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    mask = torch.tensor([[True] * (width - len(e)) + [False] * len(e) for e in encoded])
+    finished = torch.zeros(len(prompts), dtype=torch.bool)  # shared with the model's stream: rows it pads
+    generated: list[list[int]] = [[] for _ in prompts]
+    shown, done = [""] * len(prompts), [False] * len(prompts)
+    hold = max((len(s) for s in stop), default=1) - 1
+
+    def release(row: int, final: bool) -> str:
+        """The row's text not yet shown, up to what is certain."""
+        text = tokenizer.decode(generated[row])
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, final = text[:cut], True
+        if final:
+            done[row] = finished[row] = True
+        else:
+            text = text[: max(len(shown[row]), len(text) - hold)].rstrip("\ufffd")
+        delta = text[len(shown[row]) :] if text.startswith(shown[row]) else ""
+        shown[row] += delta
+        return delta
+
+    steps = model.stream(ids, max_new_tokens, sampling, mask if bool(mask.any()) else None, eos, finished, generator)
+    for tokens in steps:
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            if token != eos:
+                generated[row].append(token)
+            delta = release(row, final=token == eos)
+            if delta:
+                yield row, delta
+        for row in cancelled() if cancelled else ():
+            done[row] = finished[row] = True
+    for row in range(len(prompts)):  # rows that ran out of tokens: their held-back tail
+        if not done[row] and (delta := release(row, final=True)):
+            yield row, delta
 
 
 class CausalLM(LanguageModeling):
     name = "clm"
+    endpoint = "generate"
 
-    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """Continuations of every prompt in one left-padded batch (``max_new_tokens``, sampling options, ``stop``);
+        weights: every layer and head over the prompt and its continuation."""
         import torch
 
         from attnfit.data import special_token_id
+        from attnfit.tasks.base import attention_maps
+        from attnfit.viz import token_strings
+
+        tokenizer = artifact.record.tokenizers()[0]
+        stop = tuple(options.get("stop") or ())
+        generator = None if options.get("seed") is None else torch.Generator().manual_seed(int(options.get("seed")))
+        texts = [""] * len(inputs)
+        steps = stream_text(
+            model, tokenizer, inputs, int(options.get("max_new_tokens") or 50), sampling_from(options), stop, generator
+        )
+        for row, delta in steps:
+            texts[row] += delta
+        results = []
+        for prompt, continuation in zip(inputs, texts, strict=True):
+            record: dict[str, Any] = {"prompt": prompt, "generated": continuation}
+            if need_weights:
+                text_ids = tokenizer.encode(prompt + continuation, add_special_tokens=False).ids
+                ids = [special_token_id(tokenizer, "eos"), *text_ids][: int(artifact.model_config["max_len"])]
+                with torch.no_grad():
+                    _, attentions = model.backbone(torch.tensor([ids]), need_weights=True)
+                maps = attention_maps(attentions, 0, len(ids))
+                record["attention"] = {"tokens": token_strings(tokenizer, ids), "layers": maps}
+            results.append(record)
+        return results
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        """Streams the continuation to the terminal token by token (sampling options and ``stop=`` strings from
+        ``cfg``)."""
+        import sys
+
+        import torch
+
         from attnfit.viz import show_attention, token_strings
 
         tokenizer = artifact.record.tokenizers()[0]
-        prompt = [special_token_id(tokenizer, "eos"), *tokenizer.encode(text, add_special_tokens=False).ids]
-        with torch.no_grad():
-            ids = model.generate(
-                torch.tensor([prompt]),
-                int(cfg.max_new_tokens),
-                temperature=float(cfg.temperature),
-                top_k=cfg.get("top_k"),
-                eos_id=special_token_id(tokenizer, "eos"),
-            )[0].tolist()
-        continuation = tokenizer.decode(ids[len(prompt) :])
-        print(f"{text}\033[1m{continuation}\033[0m")
+        stop = cfg.get("stop") or ()
+        stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
+        print(f"{text}\033[1m", end="", flush=True)  # the continuation in bold, as it comes
+        pieces = []
+        for _, delta in stream_text(model, tokenizer, [text], int(cfg.max_new_tokens), sampling_from(cfg), stop):
+            pieces.append(delta)
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        print("\033[0m")
+        continuation = "".join(pieces)
         result: dict[str, Any] = {"prompt": text, "generated": continuation}
         if cfg.heatmap:
+            ids = tokenizer.encode(text + continuation, add_special_tokens=False).ids
             ids = ids[: artifact.model_config["max_len"]]
             with torch.no_grad():
                 _, attentions = model.backbone(torch.tensor([ids]), need_weights=True)

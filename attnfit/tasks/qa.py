@@ -166,6 +166,62 @@ class QuestionAnswering(Task):
                 job.data[key] = value
         return self.prepare(job, artifact.record.tokenizers()).datamodule
 
+    endpoint = "answer"
+
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """The best answer (and ``n_best`` candidates) to each ``question<TAB>context``, over all windows of the
+        context; weights: the backbone's maps of the best answer's window and its context→question attention."""
+        from datasets import Dataset
+
+        from attnfit.data.qa import QACollator, tokenize_for_qa
+        from attnfit.data.qa_metrics import best_spans
+        from attnfit.tasks.base import attention_maps, rounded
+        from attnfit.viz import token_strings
+
+        tokenizer, decode = artifact.record.tokenizers()[0], artifact.record.decode or {}
+        window = {key: int(decode[key]) for key in WINDOW_KEYS}
+        max_answer_len = int(options.get("max_answer_len") or decode.get("max_answer_len", 30))
+        results = []
+        for index, text in enumerate(inputs):
+            question, tab, context = text.partition("\t")
+            if not tab or not question.strip() or not context.strip():
+                raise DataError("a QA model answers a question about a context: give both, non-empty")
+            row = {"id": str(index), "title": "", "paragraph": "", "question": question, "context": context}
+            row.update(answer_texts=[], answer_starts=[])
+            windows = tokenize_for_qa(Dataset.from_list([row]), tokenizer, **window, split="predict")
+            batch = QACollator(0)([windows[i] for i in range(len(windows))])
+            with torch.no_grad():
+                output = model(batch["input_ids"], batch["padding_mask"], batch["segment_ids"], need_weights)
+            lengths = (~batch["padding_mask"]).sum(1).tolist()
+            spans = best_spans(
+                [output.start_logits[i, :n] for i, n in enumerate(lengths)],
+                [output.end_logits[i, :n] for i, n in enumerate(lengths)],
+                [windows[i]["offsets"] for i in range(len(windows))],
+                context,
+                max_answer_len,
+                int(options.get("n_best") or 5),
+            )
+            best = spans[0] if spans else None
+            record: dict[str, Any] = {
+                "question": question,
+                "context": context,
+                "answer": best.text if best else "",
+                "probability": round(best.probability, 6) if best else None,
+                "span": [best.char_start, best.char_end] if best else None,
+                "n_best": [{"text": s.text, "probability": round(s.probability, 6)} for s in spans],
+            }
+            if need_weights:
+                w = best.window if best else 0
+                n = lengths[w]
+                record["attention"] = {
+                    "tokens": token_strings(tokenizer, batch["input_ids"][w, :n].tolist()),
+                    "layers": attention_maps(output.attentions, w, n),
+                }
+                if output.question_attention is not None:
+                    record["attention"]["question_attention"] = rounded(output.question_attention[w, :n, :n])
+            results.append(record)
+        return results
+
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
         """The best answers (``n_best``) of ``question<TAB>context``; with ``heatmap=true`` the question→context
         attention and the start/end probabilities over the context as a PNG."""

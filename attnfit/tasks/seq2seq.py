@@ -257,49 +257,94 @@ class Seq2Seq(Task):
     def evaluation_notes(self, module: Any) -> dict[str, Any]:
         return {"decode": {k: module.decode_cfg[k] for k in ("beam_size", "length_penalty", "max_len")}}
 
-    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
-        """Beam search (the checkpoint's width unless ``beam_size=``); with ``heatmap=true`` the cross-attention
-        alignment (target × source, averaged over heads) as a PNG and as a matrix in the JSON record."""
+    endpoint = "translate"
+
+    def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
+        """Beam search over every input in one padded batch: the translation, its score and, with ``nbest``, the
+        ``n`` best hypotheses; ``min_len``, ``no_repeat_ngram``, ``length_norm`` and ``length_penalty`` constrain
+        and rank them (the checkpoint's ``task.decode`` unless given). Weights: the source→target alignment (the
+        last decoder layer's cross-attention, averaged over heads) and the encoder's self-attention maps."""
         import torch
 
         from attnfit.data import special_token_id
-        from attnfit.models.seq2seq import beam_search, greedy_decode
+        from attnfit.models.seq2seq import beam_search
+        from attnfit.tasks.base import attention_maps, pad_right, rounded
         from attnfit.viz import token_strings
 
         tokenizer, target_tokenizer = artifact.record.tokenizers()
         decode = artifact.record.decode or {}
-        beam = int(cfg.get("beam_size") or decode.get("beam_size", 4))
-        max_len = min(int(decode.get("max_len", 64)), model.config.max_target_len)
-        max_source = input_length(cfg.get("max_len"), int(artifact.model_config["encoder"]["max_len"]))
-        words = tokenizer.encode(text, add_special_tokens=False).ids[: max_source - 1]
-        ids = [*words, special_token_id(tokenizer, "eos")]  # as in training: source [eos]
-        common = dict(
-            bos_id=special_token_id(target_tokenizer, "bos"),
-            eos_id=special_token_id(target_tokenizer, "eos"),
-            max_len=max_len,
-            need_alignments=bool(cfg.heatmap),
-        )
-        source = torch.tensor([ids])
+        beam = int(options.get("beam_size") or decode.get("beam_size", 4))
+        nbest = int(options.get("nbest") or 1)
+        if nbest > beam:
+            beam = nbest  # the n best need at least n beams
+        max_len = min(int(options.get("max_new_tokens") or decode.get("max_len", 64)), model.config.max_target_len)
+        max_source = input_length(options.get("max_len"), int(artifact.model_config["encoder"]["max_len"]))
+        eos = special_token_id(tokenizer, "eos")
+        rows = [[*tokenizer.encode(t, add_special_tokens=False).ids[: max_source - 1], eos] for t in inputs]
+        source, padding = pad_right(rows, model.config.pad_id)
+        length_penalty = options.get("length_penalty")
         with torch.no_grad():
-            if beam == 1:
-                output = greedy_decode(model, source, None, **common)
-            else:
-                penalty = float(decode.get("length_penalty", 1.0))
-                output = beam_search(model, source, None, beam_size=beam, length_penalty=penalty, **common)
-        n = int(output.lengths[0])
-        target_ids = output.tokens[0, :n].tolist()
-        translation = target_tokenizer.decode(target_ids)
-        print(f"{text}  →  \033[1m{translation}\033[0m")
-        result: dict[str, Any] = {
-            "source": text, "translation": translation, "score": round(float(output.scores[0]), 6), "beam_size": beam,
-        }  # fmt: skip
+            output = beam_search(
+                model,
+                source,
+                padding if bool(padding.any()) else None,
+                bos_id=special_token_id(target_tokenizer, "bos"),
+                eos_id=special_token_id(target_tokenizer, "eos"),
+                max_len=max_len,
+                beam_size=beam,
+                length_penalty=float(decode.get("length_penalty", 1.0) if length_penalty is None else length_penalty),
+                need_alignments=need_weights,
+                n_best=nbest,
+                min_len=int(options.get("min_len") or 0),
+                no_repeat_ngram=int(options.get("no_repeat_ngram") or 0),
+                length_norm=str(options.get("length_norm") or "gnmt"),
+            )
+            encoder_maps = model.encoder(source, padding, need_weights=True)[1] if need_weights else []
+        results = []
+        for i, text in enumerate(inputs):
+            hyps = []
+            for r in range(i * nbest, (i + 1) * nbest):
+                n = int(output.lengths[r])
+                hyps.append((output.tokens[r, :n].tolist(), float(output.scores[r]), r, n))
+            best_ids, best_score, best_row, n = hyps[0]
+            record: dict[str, Any] = {
+                "source": text,
+                "translation": target_tokenizer.decode(best_ids),
+                "score": round(best_score, 6),
+                "beam_size": beam,
+            }
+            if nbest > 1:
+                record["nbest"] = [
+                    {"translation": target_tokenizer.decode(ids), "score": round(score, 6)} for ids, score, _, _ in hyps
+                ]
+            if need_weights:
+                record["attention"] = {
+                    "source_tokens": token_strings(tokenizer, rows[i]),
+                    "target_tokens": token_strings(target_tokenizer, best_ids),
+                    "alignment": rounded(output.alignments[best_row, :n, : len(rows[i])]),  # (target, source)
+                    "layers": attention_maps(encoder_maps, i, len(rows[i])),
+                }
+            results.append(record)
+        return results
+
+    def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
+        """Beam search (the checkpoint's width unless ``beam_size=``; ``nbest=N`` lists the N best); with
+        ``heatmap=true`` the cross-attention alignment (target × source, averaged over heads) as a PNG and as a
+        matrix in the JSON record."""
+        result = self.infer(model, artifact, [text], cfg, need_weights=bool(cfg.heatmap))[0]
+        print(f"{text}  →  \033[1m{result['translation']}\033[0m")
+        for rank, hyp in enumerate(result.get("nbest", [])[1:], start=2):
+            print(f"  {rank}. {hyp['translation']}  ({hyp['score']:.3f})")
         if cfg.heatmap:
+            import numpy as np
+
             from attnfit.viz import alignment_figure, save_figure
 
-            source_tokens, target_tokens = token_strings(tokenizer, ids), token_strings(target_tokenizer, target_ids)
-            weights = output.alignments[0, :n].float().numpy()  # (target, source)
+            attention = result.pop("attention")
+            source_tokens, target_tokens = attention["source_tokens"], attention["target_tokens"]
+            weights = np.asarray(attention["alignment"], dtype=np.float32).reshape(len(target_tokens), -1)
             path = out / f"alignment_{index}.png"
-            save_figure(alignment_figure(source_tokens, target_tokens, weights, title=translation), path)
+            save_figure(alignment_figure(source_tokens, target_tokens, weights, title=result["translation"]), path)
             links = [f"{t}←{source_tokens[int(row.argmax())]}" for t, row in zip(target_tokens, weights, strict=True)]
             print("alignment (strongest source token): " + " ".join(links))
             print(f"alignment heat map: {path}")

@@ -139,6 +139,22 @@ def test_predict_translates_and_draws_the_alignment(run_cli, translation_run, tm
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
 
 
+def test_predict_lists_the_n_best_under_constraints(run_cli, translation_run, tmp_path):
+    out = tmp_path / "pred"
+    args = ["text=the dog sees the cat .", f"out={out}", "nbest=3", "no_repeat_ngram=1", "length_norm=average"]
+    proc = run_cli("predict", f"checkpoint={translation_run}", *args)
+    prediction = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    nbest = prediction["nbest"]
+    assert len(nbest) == 3 and nbest[0]["translation"] == prediction["translation"]
+    assert len({h["translation"] for h in nbest}) == 3  # three different hypotheses
+    for hyp in nbest:
+        words = hyp["translation"].split()
+        assert len(words) == len(set(words)), hyp  # no word twice: no_repeat_ngram=1 (one word a token here)
+    assert "  2. " in proc.stdout and "  3. " in proc.stdout
+    bad = run_cli("predict", f"checkpoint={translation_run}", "text=x", "length_norm=mean", check=False)
+    assert bad.returncode == 2 and "length_norm" in bad.stderr and "gnmt" in bad.stderr
+
+
 def test_export_loads_and_decodes_like_the_checkpoint(run_cli, translation_run, tmp_path):
     from attnfit.models.seq2seq import greedy_decode
 

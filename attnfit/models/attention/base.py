@@ -18,6 +18,7 @@ query_offset=0)``
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnfit.errors import ConfigError
@@ -36,6 +37,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim, bias=bias)
         self.v_proj = nn.Linear(dim, dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self._fused: tuple[tuple, Tensor, Tensor | None] | None = None  # (weights' identity, W_qkv, b_qkv)
 
     def _split(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, d)
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
@@ -44,6 +46,32 @@ class MultiHeadAttention(nn.Module):
         """Project and split keys/values ``(B, Tk, D)`` -> ``(B, H, Tk, d)`` each, for ``forward(kv=...)``."""
         value = key if value is None else value
         return self._split(self.k_proj(key)), self._split(self.v_proj(value))
+
+    def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention's ``q, k, v (B, H, T, d)``. Plain projections are fused into one matmul (what makes a
+        one-token decoding step cheap); the fused copy is rebuilt whenever a weight changes (in-place updates
+        bump ``_version``). Wrapped projections (LoRA) go one by one."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if not all(type(p) is nn.Linear for p in projections):
+            k, v = self.project_kv(x)
+            return self._split(self.q_proj(x)), k, v
+        params = [p.weight for p in projections] + [p.bias for p in projections if p.bias is not None]
+        identity = tuple((t.data_ptr(), t._version, t.dtype) for t in params)
+        if self._fused is None or self._fused[0] != identity:
+            bias = torch.cat(params[3:]) if len(params) == 6 else None
+            self._fused = (identity, torch.cat(params[:3]), bias)
+        qkv = F.linear(x, self._fused[1], self._fused[2])  # (B, T, 3D)
+        q, k, v = qkv.split(self.dim, dim=-1)
+        return self._split(q), self._split(k), self._split(v)
+
+    def forward_cached(self, x: Tensor, padding_mask: Tensor | None, kv: tuple[Tensor, Tensor], start: int) -> Tensor:
+        """Causal self-attention, incremental: ``x (B, t, D)`` are positions ``start …``; their keys/values go into
+        the ``kv`` buffers ``(B, H, max_len, d)`` and they attend to every cached position."""
+        q, k, v = self._project_qkv(x)
+        end = start + x.shape[1]
+        kv[0][:, :, start:end], kv[1][:, :, start:end] = k, v
+        context, _ = self.attend(q, kv[0][:, :, :end], kv[1][:, :, :end], padding_mask, True, False, start)
+        return self.out_proj(context.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.dim))
 
     def forward(
         self,

@@ -40,7 +40,9 @@ class LocalAttention(MultiHeadAttention):
     def attend(self, q, k, v, padding_mask, causal, need_weights, query_offset=0) -> tuple[Tensor, Tensor | None]:
         B, H, T, d = q.shape
         if k.shape[2] != T:
-            raise ValueError("local attention needs queries and keys of the same length (self-attention)")
+            if not causal or k.shape[2] < T:
+                raise ValueError("local attention needs queries and keys of the same length (self-attention)")
+            return self._attend_last(q, k, v, padding_mask, need_weights)
         b = self.window  # block size = window, so a block's neighbourhood is the blocks before and after it
         nb = math.ceil(T / b)
         extra = nb * b - T
@@ -60,6 +62,21 @@ class LocalAttention(MultiHeadAttention):
         weights = masked_softmax(self.score(qb, kw), blocked)  # (B, H, nb, b, 3b)
         context = (F.dropout(weights, self.dropout, self.training) @ vw).view(B, H, nb * b, d)[:, :, :T]
         return context, self._dense(weights, T) if need_weights else None
+
+    def _attend_last(
+        self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Incremental causal decoding: ``q (B, H, Tq, d)`` are the last ``Tq`` of ``Tk`` positions, so only the
+        last ``Tq + window`` keys can be in any query's window; scored directly, O(Tq·w)."""
+        tq, start = q.shape[2], max(0, k.shape[2] - q.shape[2] - self.window)
+        k, v = k[:, :, start:], v[:, :, start:]
+        n = k.shape[2]
+        rel = torch.arange(n, device=q.device)[None, :] - (torch.arange(tq, device=q.device)[:, None] + n - tq)
+        blocked = (rel > 0) | (rel < -self.window)  # (Tq, n)
+        if padding_mask is not None:
+            blocked = blocked | padding_mask[:, None, None, start:]  # (B, 1, Tq, n)
+        weights = masked_softmax(self.score(q, k), blocked)  # (B, H, Tq, n)
+        return F.dropout(weights, self.dropout, self.training) @ v, weights if need_weights else None
 
     def _dense(self, weights: Tensor, T: int) -> Tensor:
         """Scatter banded weights into ``(B, H, T, T)`` for plots; never used for the computation itself."""

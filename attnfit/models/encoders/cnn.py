@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnfit.models.encoders.layers import AttentionStack
+from attnfit.models.encoders.layers import AttentionStack, EncoderCache
 
 
 class ConvBlock(nn.Module):
@@ -25,6 +26,17 @@ class ConvBlock(nn.Module):
             h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         h = self.conv(F.pad(h.transpose(1, 2), self.pad)).transpose(1, 2)  # (B, T, D)
         return x + self.dropout(F.gelu(h))
+
+    def forward_cached(self, x: Tensor, padding_mask: Tensor | None, past: Tensor) -> tuple[Tensor, Tensor]:
+        """Causal and incremental: ``past (B, k-1, D)`` holds the last ``k-1`` normalised inputs (zeros at the
+        start, which is exactly the causal left padding), so a new position costs one kernel application.
+        Returns the output ``(B, t, D)`` and the new ``past``."""
+        h = self.norm(x)
+        if padding_mask is not None:
+            h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        window = torch.cat([past, h], dim=1)  # (B, k-1+t, D)
+        out = self.conv(window.transpose(1, 2)).transpose(1, 2)  # (B, t, D)
+        return x + self.dropout(F.gelu(out)), window[:, window.shape[1] - past.shape[1] :]
 
 
 class CNNEncoder(nn.Module):
@@ -46,6 +58,20 @@ class CNNEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, padding_mask)
         return self.top(x, padding_mask, causal, need_weights)
+
+    def new_cache(self, batch: int, max_len: int, like: Tensor) -> EncoderCache:
+        if not self.causal:
+            raise ValueError("this CNN encoder was built non-causal and cannot generate; build it with causal=True")
+        past = [like.new_zeros(batch, block.conv.kernel_size[0] - 1, like.shape[-1]) for block in self.blocks]
+        return EncoderCache(self.top.new_kv(batch, max_len, like), past)
+
+    def forward_cached(self, x: Tensor, padding_mask: Tensor | None, cache: EncoderCache, start: int) -> Tensor:
+        """Incremental: each conv block keeps its last ``kernel_size - 1`` inputs; the attention layers on top use
+        their key/value cache. ``padding_mask (B, start+t)`` covers every position seen so far."""
+        new_mask = None if padding_mask is None else padding_mask[:, start:]
+        for i, block in enumerate(self.blocks):
+            x, cache.recurrent[i] = block.forward_cached(x, new_mask, cache.recurrent[i])
+        return self.top.forward_cached(x, padding_mask, cache.kv, start)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Each conv block, then each attention layer on top (for freezing and layer-wise learning rates)."""

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from torch import Tensor, nn
 
 from attnfit.models.attention import MultiHeadAttention
+
+
+@dataclass
+class EncoderCache:
+    """What an encoder keeps between generation steps so that a new token costs one position, not the prefix."""
+
+    kv: list[tuple[Tensor, Tensor]]  # per attention layer: key and value buffers (B, H, max_len, d)
+    recurrent: Any = None  # RNN: its (h, c) or h; CNN: per conv block the last kernel_size - 1 inputs (B, k-1, D)
 
 
 class FeedForward(nn.Sequential):
@@ -33,6 +44,12 @@ class TransformerLayer(nn.Module):
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return x, weights
 
+    def forward_cached(self, x: Tensor, padding_mask: Tensor | None, kv: tuple[Tensor, Tensor], start: int) -> Tensor:
+        """Causal, incremental: ``x (B, t, D)`` are positions ``start … start+t-1``; their keys/values are written
+        into the ``kv`` buffers, and they attend to every cached position. ``padding_mask (B, start+t)`` or None."""
+        x = x + self.dropout(self.attention.forward_cached(self.attn_norm(x), padding_mask, kv, start))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
 
 class AttentionStack(nn.Module):
     """Transformer layers applied in turn, with a final LayerNorm (pre-norm stacks need one)."""
@@ -51,6 +68,22 @@ class AttentionStack(nn.Module):
             if weights is not None:
                 attentions.append(weights)
         return self.norm(x), attentions
+
+    def new_kv(self, batch: int, max_len: int, like: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Empty key/value buffers ``(B, H, max_len, d)`` per layer, in ``like``'s dtype and device."""
+        buffers = []
+        for layer in self.layers:
+            att = layer.attention
+            shape = (batch, att.num_heads, max_len, att.head_dim)
+            buffers.append((like.new_zeros(shape), like.new_zeros(shape)))
+        return buffers
+
+    def forward_cached(
+        self, x: Tensor, padding_mask: Tensor | None, kv: list[tuple[Tensor, Tensor]], start: int
+    ) -> Tensor:
+        for layer, buffers in zip(self.layers, kv, strict=True):
+            x = layer.forward_cached(x, padding_mask, buffers, start)
+        return self.norm(x)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """One parameter group per layer, bottom to top; the final LayerNorm joins the top layer."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from attnfit.models.encoders.layers import AttentionStack
+from attnfit.models.encoders.layers import AttentionStack, EncoderCache
 
 
 class TransformerEncoder(nn.Module):
@@ -18,6 +18,13 @@ class TransformerEncoder(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, causal: bool = False, need_weights: bool = False
     ) -> tuple[Tensor, list[Tensor]]:
         return self.stack(x, padding_mask, causal, need_weights)
+
+    def new_cache(self, batch: int, max_len: int, like: Tensor) -> EncoderCache:
+        return EncoderCache(self.stack.new_kv(batch, max_len, like))
+
+    def forward_cached(self, x: Tensor, padding_mask: Tensor | None, cache: EncoderCache, start: int) -> Tensor:
+        """Causal and incremental (see :meth:`TransformerLayer.forward_cached`)."""
+        return self.stack.forward_cached(x, padding_mask, cache.kv, start)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters bottom to top, one group per layer (for freezing and layer-wise learning rates)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attnfit.errors import ConfigError, check_choice
 from attnfit.models.seq2seq.decoders import RNNState, TransformerState, reorder_state
 from attnfit.models.seq2seq.model import Seq2SeqModel
 
@@ -84,6 +85,33 @@ def greedy_decode(
     return _finish(tokens, scores, alignments, eos_id, pad_id)
 
 
+LENGTH_NORMS = ("gnmt", "average", "none")
+
+
+def length_normalised(scores: Tensor, lengths: Tensor, norm: str, alpha: float) -> Tensor:
+    """Rank scores of hypotheses: ``gnmt`` divides the log-probability by ``((5 + len) / 6) ** alpha`` (Wu et al.
+    2016), ``average`` by ``len ** alpha`` (alpha 1: the mean log-probability per token), ``none`` keeps it."""
+    check_choice("length_norm", norm, LENGTH_NORMS)
+    lengths = lengths.to(scores.dtype)
+    if norm == "gnmt":
+        return scores / ((5.0 + lengths) / 6.0) ** alpha
+    if norm == "average":
+        return scores / lengths.clamp(min=1) ** alpha
+    return scores
+
+
+def repeated_ngram_bans(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
+    """``(N, V)`` bool: tokens that would complete an ``n``-gram already in each row of ``tokens (N, t)``."""
+    banned = torch.zeros(tokens.shape[0], vocab_size, dtype=torch.bool, device=tokens.device)
+    if n < 1 or tokens.shape[1] < n:
+        return banned
+    grams = tokens.unfold(1, n, 1)  # (N, t - n + 1, n)
+    prefix = tokens[:, tokens.shape[1] - n + 1 :]  # (N, n - 1): what the next token would extend
+    match = (grams[:, :, : n - 1] == prefix[:, None, :]).all(-1)  # (N, t - n + 1)
+    hits = torch.zeros(banned.shape, device=tokens.device).scatter_add_(1, grams[:, :, -1], match.float())
+    return hits > 0
+
+
 @torch.no_grad()
 def beam_search(
     model: Seq2SeqModel,
@@ -95,18 +123,29 @@ def beam_search(
     beam_size: int = 4,
     length_penalty: float = 1.0,
     need_alignments: bool = False,
+    n_best: int = 1,
+    min_len: int = 0,
+    no_repeat_ngram: int = 0,
+    length_norm: str = "gnmt",
 ) -> DecodeOutput:
-    """Beam search over all ``B`` sentences × ``K`` beams as one batch of ``B·K`` rows; the best hypothesis each.
+    """Beam search over all ``B`` sentences × ``K`` beams as one batch of ``B·K`` rows.
 
     Beams are ranked by raw log-probability while searching. A beam that emits EOS stays in the beam with a frozen
     score (it can only be extended by padding, at no cost), so search stops once all ``K`` beams of every sentence
-    are finished: nothing unfinished can overtake them, since log-probabilities only fall. The returned hypothesis
-    is the beam with the best GNMT-normalised score ``log p / ((5 + len) / 6) ** length_penalty`` (``len``
-    counts EOS); ``length_penalty=0`` keeps raw log-probabilities. Scores add up in float64 so that ``K = 1``
-    picks exactly the greedy tokens.
+    are finished: nothing unfinished can overtake them, since log-probabilities only fall. Finished beams are then
+    ranked by :func:`length_normalised` (``length_norm``, with ``length_penalty`` as its exponent; ``len`` counts
+    EOS; ``length_penalty=0`` keeps raw log-probabilities). Scores add up in float64 so that ``K = 1`` picks
+    exactly the greedy tokens.
+
+    ``n_best``: the ``n`` best hypotheses of each sentence, as ``B·n`` rows (sentence ``b``'s at rows
+    ``b·n … b·n + n - 1``, best first); 1 returns one row per sentence. ``min_len``: EOS is forbidden before that
+    many tokens. ``no_repeat_ngram``: no n-gram of that size appears twice in a hypothesis (0: no constraint).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size={beam_size} must be ≥ 1")
+    if not 1 <= n_best <= beam_size:
+        raise ConfigError(f"n_best={n_best} must be between 1 and beam_size={beam_size}")
+    check_choice("length_norm", length_norm, LENGTH_NORMS)
     pad_id, K = model.config.pad_id, beam_size
     memory, state, _ = _start(model, src_ids, source_padding_mask, bos_id, max_len)
     B, device = src_ids.shape[0], src_ids.device
@@ -123,10 +162,14 @@ def beam_search(
     alignments = memory.new_zeros(B * K, 0, memory.shape[1], dtype=torch.float32) if need_alignments else None
     prev = src_ids.new_full((B * K, 1), bos_id)
     first_row = torch.arange(B, device=device)[:, None] * K  # (B, 1)
-    for _ in range(max_len):
+    for step in range(max_len):
         logits, weights, state = model.decode_step(prev, memory, mask, state, need_alignments)
         logp = torch.log_softmax(logits[:, -1].float(), -1).double()  # (B·K, V)
         V = logp.shape[-1]
+        if step < min_len:
+            logp[:, eos_id] = float("-inf")
+        if no_repeat_ngram:
+            logp = logp.masked_fill(repeated_ngram_bans(tokens, no_repeat_ngram, V), float("-inf"))
         frozen = torch.full_like(logp, float("-inf"))
         frozen[:, pad_id] = 0.0  # a finished beam continues with padding only, score unchanged
         logp = torch.where(finished[:, None], frozen, logp)
@@ -144,7 +187,9 @@ def beam_search(
         if bool(finished.all()):
             break
 
-    normalised = scores / ((5.0 + lengths.view(B, K).double()) / 6.0) ** length_penalty
-    rows = (first_row[:, 0] + normalised.argmax(-1)).view(-1)  # (B,)
+    ranked = length_normalised(scores, lengths.view(B, K), length_norm, length_penalty)
+    ranked = ranked.masked_fill(torch.isinf(scores), float("-inf"))  # impossible hypotheses rank last
+    order = ranked.argsort(dim=-1, descending=True, stable=True)[:, :n_best]  # (B, n)
+    rows = (first_row + order).view(-1)  # (B·n,)
     picked = scores.view(-1)[rows]
     return _finish(tokens[rows], picked, None if alignments is None else alignments[rows], eos_id, pad_id)
