@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import CheckpointError, ConfigError
@@ -120,6 +121,9 @@ def _run(
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     if prepared.datamodule.test is not None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        for callback in trainer.callbacks:  # EMA/SWA: test the checkpoint's averaged weights, as validation did,
+            if isinstance(callback, WeightAveraging):  # not the training copy the callback would load back in
+                callback._average_model = None
         tested = trainer.test(
             module, datamodule=prepared.datamodule, ckpt_path=best or None, verbose=False, weights_only=True
         )
