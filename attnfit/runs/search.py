@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -280,7 +281,8 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
             except (KeyboardInterrupt, SystemExit):
                 _write_status(trial_cfg, "failed", None, "interrupted: the search process stopped", start)
                 trial.set_user_attr("interrupted", True)
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})  # by this worker, once
+                if trial.params:  # its values are tried again, queued by this worker (once)
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
                 raise
             except Exception as error:
                 message = str(error) if isinstance(error, AttnfitError) else f"{type(error).__name__}: {error}"
@@ -339,8 +341,11 @@ def _reclaimer(search_dir: Path, metric: str, mode: str) -> Callable[[Any], None
 
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = trial.user_attrs.get("worker")
+            if worker is None and _age_s(trial) < 2:
+                continue  # just asked for: its worker records itself as the trial starts
             if worker is not None and (worker["host"] != _WORKER["host"] or process_alive(worker["pid"])):
                 continue  # alive here, or elsewhere: a dead worker elsewhere is found by its heartbeat
+            # no worker recorded for seconds: a trial of an older attnfit's search, whose one process is gone
             try:
                 if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                     continue
@@ -349,6 +354,13 @@ def _reclaimer(search_dir: Path, metric: str, mode: str) -> Callable[[Any], None
             _retry(study, trial, search_dir, metric, mode)
 
     return reclaim
+
+
+def _age_s(trial: Any) -> float:
+    from datetime import datetime
+
+    started = trial.datetime_start
+    return (datetime.now(started.tzinfo) - started).total_seconds() if started else float("inf")
 
 
 def _retry(study: Any, trial: Any, search_dir: Path, metric: str, mode: str) -> None:
@@ -486,6 +498,7 @@ def _storage(url: str, search_dir: Path) -> Any:
     from sqlalchemy.exc import OperationalError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    warnings.filterwarnings("ignore", "Argument ``heartbeat", optuna.exceptions.ExperimentalWarning)  # stable here
     for attempt in range(5):  # two workers creating the tables of a new database at once: the loser retries
         try:
             return optuna.storages.RDBStorage(
