@@ -237,3 +237,23 @@ def test_cli_explains_a_bad_directory_without_a_traceback(tmp_path, args, messag
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: " + message.format(tmp=tmp_path)
     assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_search_directory_gets_optunas_plots_as_png(tmp_path):
+    import optuna
+
+    from attnfit.runs.report import search_plots
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    for lr, heads in ((1e-3, 2), (3e-3, 4), (1e-2, 2), (3e-4, 4)):
+        trial = study.ask()
+        trial.suggest_float("optimizer.lr", 1e-4, 1e-1, log=True)
+        trial.suggest_int("heads", 2, 4)
+        for step in (2, 4):
+            trial.report(lr * heads / step, step)
+        study.tell(trial, lr * heads)
+    assert search_plots(tmp_path / "nowhere", tmp_path) == {}  # a multirun: no study, no plots
+    paths = search_plots(tmp_path, tmp_path / "out")
+    assert sorted(paths) == ["optuna_history", "optuna_importances", "optuna_intermediate"]
+    for path in paths.values():
+        assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 5000

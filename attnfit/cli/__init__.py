@@ -26,6 +26,7 @@ def explain_unknown_keys(config_name: str) -> Iterator[None]:
     """Hydra reports an unknown override key (``trainer.max_step=5``) as "not in struct"; after it exits, say
     which keys exist there and which one was probably meant. Costs nothing unless Hydra failed."""
     check_run_dir_arguments(sys.argv[1:])
+    check_not_a_search(sys.argv[1:], config_name)
     try:
         yield
     except SystemExit as exit_:
@@ -53,6 +54,19 @@ def check_run_dir_arguments(argv: list[str]) -> None:
             except ConfigError as error:
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(2)
+
+
+def check_not_a_search(argv: list[str], config_name: str) -> None:
+    """``attnfit-train -m hparams_search=optuna`` (the lightning-hydra-template habit) would run one ordinary job,
+    since only ``attnfit-search`` reads the search keys: it stops here with the command that runs the search."""
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+") == "hparams_search" and value not in ("", "null"):
+            rest = [a for a in argv if a not in (arg, "-m", "--multirun")]
+            name = [] if config_name == "train" else ["--config-name", config_name]
+            command = " ".join(["attnfit-search", *name, f"hparams_search={value}", *rest])
+            print(f"error: hparams_search={value} is run by attnfit-search: {command}", file=sys.stderr)
+            sys.exit(2)
 
 
 def unknown_key_hint(config_name: str, overrides: list[str]) -> str | None:

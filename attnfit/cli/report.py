@@ -53,7 +53,15 @@ def report(sweep_dir: Path, out_dir: Path | None, top: int, metrics: list[str] |
     from rich.console import Console
 
     from attnfit.options import output_dir
-    from attnfit.runs.report import collect_runs, rank, save_report, shared_overrides, summary, terminal_table
+    from attnfit.runs.report import (
+        collect_runs,
+        rank,
+        save_report,
+        search_plots,
+        shared_overrides,
+        summary,
+        terminal_table,
+    )
 
     out = output_dir(out_dir, "--out") if out_dir else sweep_dir  # before anything is printed
     runs = rank(collect_runs(sweep_dir))
@@ -65,6 +73,7 @@ def report(sweep_dir: Path, out_dir: Path | None, top: int, metrics: list[str] |
     if shared:
         print(f"overrides shared by all runs: {' '.join(shared)}")
     paths = save_report(runs, out, top, metrics, sweep_dir)
+    paths.update(search_plots(sweep_dir, out))  # an attnfit-search directory: Optuna's own plots too
     for path in paths.values():
         print(f"wrote {path}")
 

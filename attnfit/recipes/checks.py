@@ -38,6 +38,11 @@ def check_run_options(cfg: DictConfig) -> None:
     check_choice("optimized_mode", cfg.get("optimized_mode", "min"), ("min", "max"))
     callbacks = cfg.get("callbacks") or {}
     check_choice("callbacks.progress_bar", callbacks.get("progress_bar", "rich"), ("rich", "none"))
+    from attnfit.recipes.common import check_callbacks
+    from attnfit.training.loggers import check_loggers
+
+    check_callbacks(cfg)
+    check_loggers(cfg)
     every = OmegaConf.select(cfg, "callbacks.checkpoint.every_n_steps")
     if every is not None and (not _whole(every) or every < 1):
         raise ConfigError(f"callbacks.checkpoint.every_n_steps={every!r} must be a whole number ≥ 1, or null (off)")

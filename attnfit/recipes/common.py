@@ -11,10 +11,9 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig
 
-from attnfit.errors import TrainingInterrupted, check_choice
+from attnfit.errors import ConfigError, TrainingInterrupted
 from attnfit.options import container
 from attnfit.recipes.checks import trainer_kwargs
 from attnfit.training.callbacks import (
@@ -28,6 +27,7 @@ from attnfit.training.callbacks import (
     UnfinishedEpochState,
 )
 from attnfit.training.checkpoint_io import AtomicCheckpointIO
+from attnfit.training.loggers import build_loggers, log_final
 
 log = logging.getLogger("attnfit")
 
@@ -66,7 +66,8 @@ def build_trainer(
     mode: str = "min",
     extra_callbacks: list[L.Callback] | None = None,
 ) -> L.Trainer:
-    """Lightning Trainer from ``cfg.trainer`` with attnfit's checkpoints, TensorBoard logger and progress bar."""
+    """Lightning Trainer from ``cfg.trainer`` with attnfit's checkpoints, ``cfg.logger``'s loggers, the
+    ``callbacks.extra`` callbacks and the progress bar."""
     kwargs = trainer_kwargs(cfg)
     ckpt_cfg = cfg.callbacks.checkpoint
     checkpoint_dir = output_dir / "checkpoints"
@@ -87,24 +88,79 @@ def build_trainer(
         LearningRateMonitor(logging_interval="step"),
         TokenThroughput(every_n_batches=max(1, int(kwargs.get("log_every_n_steps", 10)))),
     ]
-    if ckpt_cfg.every_n_steps or ckpt_cfg.get("every_n_minutes"):
-        callbacks.append(
-            StepCheckpoints(
-                checkpoint_dir, ckpt_cfg.every_n_steps, ckpt_cfg.get("every_n_minutes"), int(ckpt_cfg.keep_last_k)
-            )
-        )
     stopping = cfg.callbacks.get("early_stopping")
     if stopping:
         callbacks.append(EarlyStopping(monitor=stopping.monitor, mode=stopping.mode, patience=int(stopping.patience)))
     nonfinite = cfg.callbacks.get("nonfinite") or {}
     callbacks.append(NonFiniteGuard(nonfinite.get("policy", "stop"), int(nonfinite.get("max_skips", 10))))
     callbacks.extend(extra_callbacks or [])
+    # After SaveLastOnTrainEnd (last.ckpt keeps the trained weights beside an average's), before StepCheckpoints
+    # (a step checkpoint holds the average updated at that step).
+    callbacks.extend(config_callbacks(cfg))
+    if ckpt_cfg.every_n_steps or ckpt_cfg.get("every_n_minutes"):
+        callbacks.append(
+            StepCheckpoints(
+                checkpoint_dir, ckpt_cfg.every_n_steps, ckpt_cfg.get("every_n_minutes"), int(ckpt_cfg.keep_last_k)
+            )
+        )
     if cfg.callbacks.progress_bar == "rich":
         callbacks.append(ProgressBar(leave=True))
-    logger = build_logger(cfg.logger.kind, output_dir)
     kwargs.setdefault("enable_progress_bar", cfg.callbacks.progress_bar != "none")
     plugins = [AtomicCheckpointIO()]
-    return L.Trainer(default_root_dir=str(output_dir), logger=logger, callbacks=callbacks, plugins=plugins, **kwargs)
+    loggers = build_loggers(cfg)
+    return L.Trainer(
+        default_root_dir=str(output_dir), logger=loggers or False, callbacks=callbacks, plugins=plugins, **kwargs
+    )
+
+
+# attnfit's own callback settings; any other Lightning callback goes under callbacks.extra.NAME with its _target_.
+CALLBACK_KEYS = ("checkpoint", "early_stopping", "progress_bar", "heatmaps", "nonfinite", "extra")
+
+
+def check_callbacks(cfg: DictConfig) -> dict[str, type]:
+    """``{name: class}`` of ``callbacks.extra``; a key of ``callbacks`` attnfit does not know (a Lightning callback
+    put beside attnfit's, ``+callbacks.swa._target_=…``) or an entry without an importable Lightning callback class
+    is a one-line ConfigError, not a callback silently ignored."""
+    from hydra.utils import get_class
+
+    section = cfg.get("callbacks") or {}
+    for key in section:
+        if key not in CALLBACK_KEYS:
+            where = f"callbacks.{key}"
+            hint = f"; a Lightning callback goes under callbacks.extra: +callbacks.extra.{key}._target_=CLASS"
+            raise ConfigError(f"unknown key {where}; attnfit's callback keys: {', '.join(CALLBACK_KEYS)}{hint}")
+    classes = {}
+    for name, spec in (section.get("extra") or {}).items():
+        target = spec.get("_target_") if isinstance(spec, DictConfig) else None
+        if not target:
+            raise ConfigError(
+                f"callbacks.extra.{name} has no _target_: give a Lightning callback class, e.g. "
+                f"+callbacks.extra.{name}._target_=lightning.pytorch.callbacks.EMAWeightAveraging (presets: "
+                "callbacks/extra=ema|swa)"
+            )
+        try:
+            cls = get_class(target)
+        except Exception as error:
+            raise ConfigError(f"callbacks.extra.{name}._target_={target} cannot be imported: {error}") from None
+        if not (isinstance(cls, type) and issubclass(cls, L.Callback)):
+            raise ConfigError(f"callbacks.extra.{name}._target_={target} is not a Lightning callback")
+        classes[str(name)] = cls
+    return classes
+
+
+def config_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks of ``callbacks.extra``, instantiated by Hydra in the order they are listed."""
+    from hydra.utils import instantiate
+
+    check_callbacks(cfg)
+    callbacks = []
+    for name, spec in (cfg.callbacks.get("extra") or {}).items():
+        try:
+            callbacks.append(instantiate(spec))
+        except Exception as error:  # a wrong argument: Hydra wraps the constructor's TypeError
+            cause = error.__cause__ or error
+            raise ConfigError(f"callbacks.extra.{name}: {str(cause).splitlines()[0]}") from None
+    return callbacks
 
 
 def fit(
@@ -125,14 +181,6 @@ def fit(
             f"continue it exactly with the same command and ckpt_path={run_dir}",
             name,
         ) from None
-
-
-def build_logger(kind: str, output_dir: Path) -> Logger:
-    """TensorBoard (``RUN_DIR/tensorboard``) or CSV (``RUN_DIR/csv``) logging."""
-    check_choice("logger", kind, ("tensorboard", "csv"))
-    if kind == "csv":
-        return CSVLogger(save_dir=str(output_dir), name="csv", version="")
-    return TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="", default_hp_metric=False)
 
 
 def total_training_steps(trainer_cfg: DictConfig, batches_per_epoch: int) -> int:
@@ -169,14 +217,8 @@ def final_metrics(trainer: L.Trainer, checkpoint: ModelCheckpoint | None) -> dic
 
 
 def log_final_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """The config with the run's final metrics: TensorBoard's hparams tab compares runs on them."""
-    logger = trainer.logger
-    if isinstance(logger, TensorBoardLogger):
-        logger.log_hyperparams(flat_hparams(cfg), {f"hparams/{k}": v for k, v in metrics.items()})
-    elif logger is not None:
-        logger.log_hyperparams(flat_hparams(cfg))
-    if logger is not None:
-        logger.finalize("success")
+    """The config with the run's final metrics, and the resolved ``config.yaml``, to every logger."""
+    log_final(trainer.loggers, flat_hparams(cfg), metrics, Path(cfg.paths.output_dir) / "config.yaml")
 
 
 def write_metrics(output_dir: Path, metrics: dict[str, Any]) -> Path:

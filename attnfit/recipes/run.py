@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import CheckpointError, ConfigError
@@ -62,6 +63,8 @@ def _run(
             f"{output_dir} already holds a run (see its checkpoints/); continue it with ckpt_path=auto, or start over "
             "in a fresh hydra.run.dir"
         )
+    if cfg.get("search"):  # an experiment config that selects a search space: only attnfit-search runs it
+        raise ConfigError("this config holds a search (search: …): run it with attnfit-search, not attnfit-train")
     if "pretrained" in cfg and not cfg.pretrained:  # attnfit-finetune's config has the key, attnfit-train's not
         raise ConfigError(
             "pretrained=PATH is required: a run directory (as printed by attnfit-train), a .ckpt file or an "
@@ -118,6 +121,9 @@ def _run(
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
     if prepared.datamodule.test is not None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        for callback in trainer.callbacks:  # EMA/SWA: test the checkpoint's averaged weights, as validation did,
+            if isinstance(callback, WeightAveraging):  # not the training copy the callback would load back in
+                callback._average_model = None
         tested = trainer.test(
             module, datamodule=prepared.datamodule, ckpt_path=best or None, verbose=False, weights_only=True
         )
@@ -199,6 +205,8 @@ def adapt(cfg: DictConfig, pretrained: Artifact, prepared: Prepared, steps: int)
         lm.scheduler.warmup_steps = min(int(lm.scheduler.get("warmup_steps") or 0), steps // 10)
     lm.trainer.val_check_interval = min(steps, int(lm.trainer.get("val_check_interval") or steps))
     lm.callbacks.progress_bar = cfg.callbacks.progress_bar  # the pretraining run's own callbacks otherwise
+    # This run's loggers, unresolved: their ${paths.output_dir} becomes the adapt directory
+    lm.logger = OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else None
     if OmegaConf.select(cfg, "finetune.adapt_lr") is not None:
         lm.optimizer.lr = float(cfg.finetune.adapt_lr)
     log.info("domain adaptation: %d %s steps on %s (tokenizer kept) into %s", steps, pretrained.task, corpus, adapt_dir)

@@ -44,6 +44,8 @@ class RunRecord:
     seconds: float | None = None
     overrides: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    resumed: int = 0  # times a re-run of the sweep continued it from its checkpoint
+    skipped: int = 0  # times a re-run of the sweep found it completed and left it
 
 
 # --- collecting -------------------------------------------------------------------------------------------------
@@ -98,7 +100,13 @@ def _read_run(status_path: Path, sweep_dir: Path) -> RunRecord | None:
         seconds=_as_float(record.get("seconds")),
         overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
         metrics=metrics,
+        resumed=_count(record.get("resumed")),
+        skipped=_count(record.get("skipped")),
     )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _read_metrics(path: Path) -> dict[str, float]:
@@ -347,6 +355,9 @@ def summary(runs: list[RunRecord]) -> str:
     best = best_run(runs)
     if best is not None:
         line += f"; best {best.name} with {best.metric or 'objective'} = {_number(best.objective)} ({best.mode})"
+    skipped, resumed = sum(run.skipped > 0 for run in runs), sum(run.resumed > 0 for run in runs)
+    if skipped or resumed:
+        line += f"; re-running the sweep skipped {skipped} completed and resumed {resumed} stopped"
     return line
 
 
@@ -358,10 +369,10 @@ def _status_order(status: str) -> int:
 
 
 def learning_curves(run: RunRecord, tags: list[str]) -> dict[str, list[tuple[int, float]]]:
-    """``tag -> [(step, value), ...]`` from the run's TensorBoard events (CSV logs as a fallback); absent tags
-    are left out."""
+    """``tag -> [(step, value), ...]`` from the run's TensorBoard events (else its CSV log, else its MLflow
+    store); absent tags are left out."""
     curves = _tensorboard_scalars(run.path / "tensorboard", tags)
-    return curves or _csv_scalars(run.path / "csv" / "metrics.csv", tags)
+    return curves or _csv_scalars(run.path / "csv" / "metrics.csv", tags) or _mlflow_scalars(run.path, tags)
 
 
 def _tensorboard_scalars(log_dir: Path, tags: list[str]) -> dict[str, list[tuple[int, float]]]:
@@ -399,6 +410,28 @@ def _csv_scalars(path: Path, tags: list[str]) -> dict[str, list[tuple[int, float
                         merged.setdefault(tag, {})[step] = float(row[tag])
     except (OSError, ValueError) as error:
         logger.warning("cannot read %s: %s", path, error)
+    return {tag: sorted(points.items()) for tag, points in merged.items()}
+
+
+def _mlflow_scalars(run_dir: Path, tags: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """The metric histories in the run's own MLflow store (``logger=mlflow``'s default ``RUN_DIR/mlflow.db``)."""
+    db = run_dir / "mlflow.db"
+    if not db.exists():
+        return {}
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        return {}
+    merged: dict[str, dict[int, float]] = {}
+    try:
+        client = MlflowClient(tracking_uri=f"sqlite:///{db.resolve()}")
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        for mlflow_run in client.search_runs(experiments) if experiments else []:
+            for tag in tags:
+                for metric in client.get_metric_history(mlflow_run.info.run_id, tag):
+                    merged.setdefault(tag, {})[int(metric.step)] = float(metric.value)
+    except Exception as error:  # a damaged store costs the curves, not the report
+        logger.warning("cannot read the MLflow store %s: %s", db, error)
     return {tag: sorted(points.items()) for tag, points in merged.items()}
 
 
@@ -526,6 +559,54 @@ def save_report(
     plot_report(ranked, paths["png"], top)
     paths["csv"].write_text(_csv_table(ranked, metrics))
     paths["markdown"].write_text(_markdown_report(ranked, metrics, sweep_dir, paths["png"].name))
+    return paths
+
+
+SEARCH_PLOTS = {  # file name -> Optuna's matplotlib plot
+    "optuna_history.png": "plot_optimization_history",
+    "optuna_importances.png": "plot_param_importances",
+    "optuna_intermediate.png": "plot_intermediate_values",
+}
+
+
+def search_plots(sweep_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """For an ``attnfit-search`` directory: Optuna's optimisation history, parameter importances and
+    intermediate values as PNG files in ``out_dir`` (nothing for a Hydra multirun). A plot the study cannot
+    draw yet (importances need two completed trials) is left out with a warning."""
+    import warnings
+
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    info_path, db = sweep_dir / "study.json", sweep_dir / "study.db"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    storage = f"sqlite:///{db.resolve()}" if db.exists() else info.get("storage")
+    if not storage:
+        return {}
+    if "***" in storage:
+        logger.warning("no Optuna plots: the study's storage URL (%s) needs its password", storage)
+        return {}
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    from attnfit.viz import _pyplot, save_figure
+
+    plt = _pyplot()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=info.get("study_name"), storage=storage)
+    paths = {}
+    for name, plot in SEARCH_PLOTS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                axes = getattr(optuna_plots, plot)(study)
+            except Exception as error:  # too few trials, a single parameter, ...
+                logger.warning("no %s: %s", name, str(error).splitlines()[0] if str(error) else type(error).__name__)
+                continue
+        fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        try:
+            fig.tight_layout()
+            paths[name.removesuffix(".png")] = save_figure(fig, out_dir / name)
+        finally:
+            plt.close(fig)
     return paths
 
 

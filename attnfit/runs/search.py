@@ -1,11 +1,15 @@
 """Hyper-parameter search with Optuna: sampled overrides → one in-process training run per trial → pruning → best.
 
-A search lives in one directory: ``study.db`` (the Optuna study, SQLite), ``trial_<number>/`` (each trial's run
-directory with its ``status.json``) and ``best.json``. Running the same search again resumes it: finished trials
-(completed, pruned or failed) count towards ``search.n_trials``; a trial that was running when the process stopped
-is marked failed and its parameters are tried again in a new trial.
+A search lives in one directory: ``study.db`` (the Optuna study, SQLite; ``search.storage`` may name any
+SQLAlchemy URL instead), ``trial_<number>/`` (each trial's run directory with its ``status.json``), ``study.json``
+(where the study is) and ``best.json``. Running the same search again resumes it: finished trials (completed,
+pruned or failed) count towards ``search.n_trials``; a trial whose process stopped is marked failed and its
+parameters are tried again in a new trial.
 
-One search process per directory: a trial still marked running when a search starts is taken as interrupted.
+Several search processes (workers) may share one study: each trial records its worker (host and PID) and keeps a
+heartbeat, so a worker fails and retries only the trials of dead workers (a dead PID on its own host, or a
+heartbeat older than :data:`GRACE_PERIOD_S`); Optuna hands each trial to one worker, and a trial whose number
+is beyond the budget (two workers asking for the last one at once) does not run.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import copy
 import json
 import logging
 import math
+import os
 import re
+import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +32,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from attnfit.atomic import process_alive
 from attnfit.errors import AttnfitError, ConfigError, check_choice
 from attnfit.runs.status import outcome
 
@@ -35,12 +43,18 @@ BEST_FILE = "best.json"
 PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "percentile", "none")
-SEARCH_KEYS = {"n_trials", "timeout", "sampler", "pruner", "dir", "params"}
-INTERRUPTED = "interrupted_trials"  # study user attr: numbers of trials cut short by a stopped process
+STUDY_INFO = "study.json"
+SEARCH_KEYS = {"n_trials", "timeout", "sampler", "pruner", "dir", "params", "storage", "study_name"}
+INTERRUPTED = "interrupted_trials"  # study user attr of older searches: numbers of trials cut short
+HEARTBEAT_S, GRACE_PERIOD_S = 20, 120  # a worker's trials beat every 20 s; silent for 2 minutes: its worker is dead
 
 
 class TrialFailed(Exception):
     """A trial that ended in an error; recorded as FAIL, and the search goes on."""
+
+
+class _OverBudget(Exception):
+    """A trial asked for when the budget was already taken by other workers' trials: recorded and not run."""
 
 
 class _KnownFailures(logging.Filter):
@@ -178,7 +192,6 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
     (``train`` or ``finetune``) in this process, in ``search.dir/trial_<number>``.
     """
     import optuna
-    from optuna.trial import TrialState
 
     search = cfg.get("search")
     if not search:
@@ -232,19 +245,22 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
     for key, value in (("optimized_metric", metric), ("config_name", config_name), ("base_overrides", reproducible)):
         study.set_user_attr(key, value)
 
-    interrupted = _fail_interrupted(study, search_dir, metric, mode)
-    finished = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and t.number not in interrupted)
-    ]
+    reclaim = _reclaimer(search_dir, metric, mode)
+    reclaim(study)
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state.is_finished() and _counts(t, trials)]
     remaining = max(0, n_trials - len(finished))
-    if finished or interrupted:
+    if finished or len(trials) > len(finished):
         print(f"resuming: {len(finished)} finished trials in {search_dir}, {remaining} to go")
-    study.sampler = _sampler(search.sampler, seed_offset=len(study.trials))  # a resumed run draws new values
+    study.sampler = _sampler(search.sampler)
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", _WORKER)
+        trials = study.get_trials(deepcopy=False)
+        if sum(_counts(t, trials) for t in trials if t.number < trial.number) >= n_trials:  # taken meanwhile
+            trial.set_user_attr("over_budget", True)
+            study.stop()
+            raise _OverBudget(f"trial {trial.number}: the budget of {n_trials} trials is taken")
         sampled = {p.key: p.suggest(trial) for p in params}
         sampled_overrides = [format_override(key, value) for key, value in sampled.items()]
         run_dir = search_dir / f"trial_{trial.number}"
@@ -264,7 +280,9 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
                 value = recipe(trial_cfg, callbacks=[pruning])
             except (KeyboardInterrupt, SystemExit):
                 _write_status(trial_cfg, "failed", None, "interrupted: the search process stopped", start)
-                study.set_user_attr(INTERRUPTED, sorted({*study.user_attrs.get(INTERRUPTED, []), trial.number}))
+                trial.set_user_attr("interrupted", True)
+                if trial.params:  # its values are tried again, queued by this worker (once)
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
                 raise
             except Exception as error:
                 message = str(error) if isinstance(error, AttnfitError) else f"{type(error).__name__}: {error}"
@@ -281,9 +299,80 @@ def run_search(cfg: DictConfig, config_name: str, base_overrides: list[str]) -> 
             _write_status(trial_cfg, "completed", value, None, start)
             return float(value)
 
+    def budget_met(study: optuna.Study, _: Any) -> None:
+        reclaim(study)  # a dead worker's trial: retried here rather than counted
+        trials = study.get_trials(deepcopy=False)
+        if sum(_counts(t, trials) for t in trials) >= n_trials:  # running and queued trials included
+            study.stop()
+
     if remaining:
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrialFailed,), gc_after_trial=True)
+        study.optimize(
+            objective, timeout=timeout, catch=(TrialFailed, _OverBudget), callbacks=[budget_met], gc_after_trial=True
+        )
     return _report(study, search_dir, metric, mode)
+
+
+_WORKER = {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _interrupted(trials: list[Any]) -> set[int]:
+    """Numbers of trials cut short by a stopped worker (and retried)."""
+    return {t.number for t in trials if t.user_attrs.get("interrupted")} | {
+        t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs
+    }  # (searches of older attnfit versions listed them in the study's INTERRUPTED attribute: retried too)
+
+
+def _counts(trial: Any, trials: list[Any]) -> bool:
+    """Whether ``trial`` takes a place of the budget: every trial but an interrupted one (its retry does) and
+    one that did not run because the budget was taken."""
+    from optuna.trial import TrialState
+
+    if trial.user_attrs.get("over_budget"):
+        return False
+    return trial.state != TrialState.FAIL or trial.number not in _interrupted(trials)
+
+
+def _reclaimer(search_dir: Path, metric: str, mode: str) -> Callable[[Any], None]:
+    """``reclaim(study)``: fail the running trials of dead workers and queue their parameters again, once."""
+
+    def reclaim(study: Any) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get("worker")
+            if worker is None and _age_s(trial) < 2:
+                continue  # just asked for: its worker records itself as the trial starts
+            if worker is not None and (worker["host"] != _WORKER["host"] or process_alive(worker["pid"])):
+                continue  # alive here, or elsewhere: a dead worker elsewhere is found by its heartbeat
+            # no worker recorded for seconds: a trial of an older attnfit's search, whose one process is gone
+            try:
+                if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:  # another worker reclaimed it first
+                continue
+            _retry(study, trial, search_dir, metric, mode)
+
+    return reclaim
+
+
+def _age_s(trial: Any) -> float:
+    from datetime import datetime
+
+    started = trial.datetime_start
+    return (datetime.now(started.tzinfo) - started).total_seconds() if started else float("inf")
+
+
+def _retry(study: Any, trial: Any, search_dir: Path, metric: str, mode: str) -> None:
+    """A trial failed because its worker died: record it in its run directory and queue its parameters again."""
+    run_dir = trial.user_attrs.get("run_dir")
+    status = Path(run_dir) / "status.json" if run_dir else None
+    if status is not None and status.parent.is_dir() and not status.exists():
+        with _trial_scope(status.parent, trial.user_attrs.get("overrides", []), None):
+            _write_status(_status_config(status.parent, metric, mode), "failed", None, _STOPPED, None)
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    log.warning("trial %d was interrupted: marked failed, its parameters are tried again", trial.number)
 
 
 def _recipe(config_name: str) -> tuple[Callable[..., Any], str]:
@@ -364,18 +453,30 @@ def _open_study(search_dir: Path, direction: str, search: DictConfig, metric: st
         search_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"search.dir={search_dir} cannot be created: {error.strerror or error}") from None
-    storage = f"sqlite:///{db}"
-    names = optuna.get_all_study_names(storage) if db.exists() else []
-    if len(names) > 1:
-        raise ConfigError(f"{db} holds several studies ({', '.join(names)}); one search directory runs one study")
-    study = optuna.create_study(
-        study_name=names[0] if names else search_dir.name,
-        storage=storage,
-        load_if_exists=True,
-        direction=direction,
-        sampler=_sampler(search.sampler),
-        pruner=_pruner(search.pruner),
-    )
+    url = search.get("storage") or f"sqlite:///{db}"
+    storage = _storage(url, search_dir)
+    name = search.get("study_name")
+    if not name:
+        names = optuna.get_all_study_names(storage) if not search.get("storage") and db.exists() else []
+        if len(names) > 1:
+            raise ConfigError(f"{db} holds several studies ({', '.join(names)}); one search directory runs one study")
+        name = names[0] if names else search_dir.name
+    for attempt in range(5):  # workers starting together on a new database: one creates the study, the others load it
+        try:
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                load_if_exists=True,
+                direction=direction,
+                sampler=_sampler(search.sampler),
+                pruner=_pruner(search.pruner),
+            )
+            break
+        except Exception as error:
+            if attempt == 4 or "DuplicatedStudyError" not in type(error).__name__ + repr(error.__cause__):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    _write_study_info(search_dir, url, name)
     if study.direction.name.lower() != direction:
         raise ConfigError(
             f"the study in {search_dir} was run to {study.direction.name.lower()}; optimized_mode asks to "
@@ -390,46 +491,114 @@ def _open_study(search_dir: Path, direction: str, search: DictConfig, metric: st
     return study
 
 
-def _fail_interrupted(study: Any, search_dir: Path, metric: str, mode: str) -> set[int]:
-    """Mark trials left running by a stopped process failed and queue their parameters again; returns their numbers."""
-    from optuna.trial import TrialState
+def _storage(url: str, search_dir: Path) -> Any:
+    """An RDB storage with heartbeats (dead workers are found); SQLite waits for a busy database instead of
+    failing, since several workers write to it."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
 
-    interrupted = set(study.user_attrs.get(INTERRUPTED, []))
-    trials = study.get_trials(deepcopy=False)
-    for trial in trials:
-        if trial.state == TrialState.RUNNING:
-            study.tell(trial.number, state=TrialState.FAIL)
-            interrupted.add(trial.number)
-            run_dir = trial.user_attrs.get("run_dir")
-            status = Path(run_dir) / "status.json" if run_dir else None
-            if status is not None and status.parent.is_dir() and not status.exists():
-                with _trial_scope(status.parent, trial.user_attrs.get("overrides", []), None):
-                    _write_status(_status_config(status.parent, metric, mode), "failed", None, _STOPPED, None)
-            log.warning("trial %d was interrupted: marked failed, its parameters are tried again", trial.number)
-    study.set_user_attr(INTERRUPTED, sorted(interrupted))
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    for trial in trials:
-        if trial.number in interrupted and trial.number not in retried and trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-    return interrupted
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    warnings.filterwarnings("ignore", "Argument ``heartbeat", optuna.exceptions.ExperimentalWarning)  # stable here
+    for attempt in range(5):  # two workers creating the tables of a new database at once: the loser retries
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=_StaleTrialRetry(search_dir),
+            )  # fmt: skip
+        except OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as error:
+            raise ConfigError(f"search.storage={_masked(url)} cannot be opened: {_first_line(error)}") from None
+    raise AssertionError("unreachable")
+
+
+class _StaleTrialRetry:
+    """Optuna's callback for a trial whose heartbeat stopped (its worker died on another host): retry it."""
+
+    def __init__(self, search_dir: Path) -> None:
+        self.search_dir = search_dir
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        metric = study.user_attrs.get("optimized_metric", "val/loss")
+        mode = "min" if study.direction.name == "MINIMIZE" else "max"
+        _retry(study, trial, self.search_dir, metric, mode)
+
+
+def _masked(url: str) -> str:
+    """The URL without its password, for messages and ``study.json``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def _write_study_info(search_dir: Path, url: str, name: str) -> None:
+    """``study.json``: where the study is (password hidden), for ``attnfit-report`` and later workers."""
+    info = {"storage": _masked(url), "study_name": name}
+    path = search_dir / STUDY_INFO
+    if not path.exists() or json.loads(path.read_text() or "{}") != info:
+        from attnfit.atomic import atomic_write
+
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
 
 
 _STOPPED = "interrupted: the search process stopped during this trial"
 
 
-def _sampler(spec: DictConfig, seed_offset: int = 0) -> Any:
+def _sampler(spec: DictConfig) -> Any:
     import optuna
 
     options = OmegaConf.to_container(spec, resolve=True)
     name = options.pop("name", "tpe")
     check_choice("search.sampler.name", name, SAMPLERS)
-    if options.get("seed") is not None:
-        options["seed"] = int(options["seed"]) + seed_offset
+    seed = options.pop("seed", None)
     cls = optuna.samplers.TPESampler if name == "tpe" else optuna.samplers.RandomSampler
-    try:
-        return cls(**options)
-    except TypeError as error:
-        raise ConfigError(f"search.sampler ({name}): {error}") from None
+
+    def make(trial_seed: int | None) -> Any:
+        try:
+            return cls(seed=trial_seed, **options)
+        except TypeError as error:
+            raise ConfigError(f"search.sampler ({name}): {error}") from None
+
+    make(None)  # bad options fail now
+    return make(None) if seed is None else _TrialSeeded(make, int(seed))
+
+
+def _TrialSeeded(make: Callable[[int | None], Any], seed: int) -> Any:
+    """A sampler drawing each trial's values with a sampler seeded ``seed + trial number``: what a trial samples
+    depends on the study alone, not on which worker runs it, so workers sharing a study (all with the config's
+    seed) never draw the same sequence, and a resumed search draws new values."""
+    import optuna
+
+    class TrialSeeded(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._number, self._sampler = -1, make(seed)
+
+        def _for(self, trial: Any) -> Any:
+            if trial.number != self._number:
+                self._number, self._sampler = trial.number, make(seed + trial.number)
+            return self._sampler
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self._for(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self._for(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            return self._for(trial).sample_independent(study, trial, name, distribution)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self._for(trial).before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self._for(trial).after_trial(study, trial, state, values)
+
+    return TrialSeeded()
 
 
 def _pruner(spec: DictConfig) -> Any:
@@ -498,8 +667,8 @@ def _report(study: Any, search_dir: Path, metric: str, mode: str) -> dict[str, A
     """Print the trials and the best one; write and return ``best.json``."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
-    interrupted = set(study.user_attrs.get(INTERRUPTED, []))
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("over_budget")]
+    interrupted = _interrupted(trials) | set(study.user_attrs.get(INTERRUPTED, []))
     print(f"\nsearch {search_dir} ({metric}, {mode}): {len(trials)} trials")
     print(f"{'trial':>5}  {'state':<8}  {metric:>12}  params")
     for trial in trials:
@@ -518,7 +687,9 @@ def _report(study: Any, search_dir: Path, metric: str, mode: str) -> dict[str, A
         "run_dir": best.user_attrs.get("run_dir"),
         "trial": best.number,
     }
-    (search_dir / BEST_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    from attnfit.atomic import atomic_write
+
+    atomic_write(search_dir / BEST_FILE, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     print(f"best: trial {best.number}, {metric}={best.value:.4f}: {' '.join(result['overrides'])}")
     print(f"best run directory: {result['run_dir']}")
     print(f"written: {search_dir / BEST_FILE}")

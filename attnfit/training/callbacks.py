@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger("attnfit")
@@ -168,18 +168,18 @@ class GradualUnfreezing(L.Callback):
 
 
 class AttentionHeatmaps(L.Callback):
-    """After each validation, logs heat maps of a few fixed examples to TensorBoard (``attention/example_i``):
+    """After each validation, logs heat maps of a few fixed examples to every logger that takes images
+    (``attention/example_i``):
     the pooling weights over the tokens and the last attention layer, so a user sees what the model looks at."""
 
     def __init__(self, batch: dict, tokens: list[list[str]]) -> None:
         self.batch, self.tokens = batch, tokens
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
+        from attnfit.training.loggers import log_figure
         from attnfit.viz import attention_figure
 
-        if not isinstance(trainer.logger, TensorBoardLogger) or trainer.sanity_checking or not trainer.is_global_zero:
+        if not trainer.loggers or trainer.sanity_checking or not trainer.is_global_zero:
             return
         import torch
 
@@ -196,7 +196,7 @@ class AttentionHeatmaps(L.Callback):
             probs = out.logits[i].float().softmax(-1)
             label = pl_module.label_names[int(probs.argmax())]
             fig = attention_figure(tokens, pooling, last, title=f"predicted {label} ({float(probs.max()):.2f})")
-            trainer.logger.experiment.add_figure(f"attention/example_{i}", fig, global_step=trainer.global_step)
+            log_figure(trainer.loggers, f"attention/example_{i}", fig, trainer.global_step)
 
 
 class NonFiniteGuard(L.Callback):
@@ -329,7 +329,8 @@ class GracefulShutdown(L.Callback):
 
 class AlignmentHeatmaps(L.Callback):
     """After each validation, decode a few fixed validation pairs and log their cross-attention (target ×
-    source, averaged over heads) to TensorBoard as heat maps: how the alignment forms during training."""
+    source, averaged over heads) as heat maps to every logger that takes images: how the alignment forms during
+    training."""
 
     def __init__(self, dataset: Any, count: int, source_tokenizer_json: str) -> None:
         from tokenizers import Tokenizer
@@ -338,9 +339,9 @@ class AlignmentHeatmaps(L.Callback):
         self.source_tokenizer = Tokenizer.from_str(source_tokenizer_json)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        experiment = getattr(trainer.logger, "experiment", None)
-        if not self.rows or trainer.sanity_checking or not hasattr(experiment, "add_figure"):
+        if not self.rows or not trainer.loggers or trainer.sanity_checking or not trainer.is_global_zero:
             return
+        from attnfit.training.loggers import log_figure
         from attnfit.viz import alignment_figure
 
         for i, row in enumerate(self.rows):
@@ -351,4 +352,28 @@ class AlignmentHeatmaps(L.Callback):
             source = [self.source_tokenizer.id_to_token(int(t)) for t in row["source_ids"]]
             weights = out.alignments[0, :n].float().cpu().numpy()
             fig = alignment_figure(source, target, weights, title=f"validation pair {i}")
-            experiment.add_figure(f"alignment/pair_{i}", fig, global_step=trainer.global_step)
+            log_figure(trainer.loggers, f"alignment/pair_{i}", fig, trainer.global_step)
+
+
+class StepWeightAveraging(WeightAveraging):
+    """Stochastic weight averaging counted in steps: the equal-weight average of the weights after every
+    ``every_n_steps``-th optimizer step from ``start_fraction`` of ``trainer.max_steps`` on. Lightning's
+    ``StochasticWeightAveraging`` counts epochs and replaces the learning-rate schedule; this keeps attnfit's."""
+
+    def __init__(self, start_fraction: float = 0.75, every_n_steps: int = 1, **kwargs: Any) -> None:
+        from attnfit.errors import ConfigError
+
+        if not 0.0 <= start_fraction < 1.0 or every_n_steps < 1:
+            raise ConfigError(
+                f"start_fraction={start_fraction} must be in [0, 1) and every_n_steps={every_n_steps} ≥ 1"
+            )
+        super().__init__(**kwargs)
+        self.start_fraction, self.every_n_steps, self.start_step = start_fraction, every_n_steps, 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step = int(self.start_fraction * max(trainer.max_steps, 0))
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        if step_idx is None or step_idx < self.start_step:
+            return False
+        return (step_idx - self.start_step) % self.every_n_steps == 0

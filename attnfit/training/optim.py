@@ -1,9 +1,12 @@
-"""AdamW with weight-decay groups, and warmup + cosine/linear/constant schedules."""
+"""Optimizers (AdamW, SGD, Adafactor or any ``torch.optim`` class) over weight-decay groups, and warmup +
+cosine/linear/constant schedules."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,27 +29,76 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# ``optimizer.name`` presets; any other class is named by ``optimizer._target_`` (configs/optimizer/custom.yaml).
+OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adam": "torch.optim.AdamW", "sgd": "torch.optim.SGD",
+              "adafactor": "torch.optim.Adafactor"}  # fmt: skip
+
+
+def optimizer_class(name: str | None, target: str | None = None) -> type[torch.optim.Optimizer]:
+    """The class ``optimizer._target_`` names (any ``torch.optim.Optimizer``), else the ``optimizer.name`` preset's."""
+    if target == "???":
+        raise ConfigError("optimizer=custom needs optimizer._target_=CLASS, e.g. torch.optim.RMSprop")
+    if target is None:
+        check_choice("optimizer", name, OPTIMIZERS)
+        target = OPTIMIZERS[name]
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(target)
+    except Exception as error:
+        raise ConfigError(f"optimizer._target_={target} cannot be imported: {str(error).splitlines()[0]}") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"optimizer._target_={target} is not a torch.optim.Optimizer class")
+    return cls
+
+
 def build_optimizer(
     groups: Iterable[dict],
-    name: str = "adamw",
+    name: str | None = "adamw",
     lr: float = 1e-3,
     weight_decay: float = 0.01,
-    betas: tuple[float, float] = (0.9, 0.98),
-    eps: float = 1e-8,
+    _target_: str | None = None,
+    fused: bool | None = None,
+    **options: Any,
 ) -> torch.optim.Optimizer:
-    """AdamW (or Adam) over parameter ``groups``; groups may carry their own ``lr`` and ``weight_decay``."""
-    check_choice("optimizer", name, ("adamw", "adam"))
+    """An optimizer over parameter ``groups``, which may carry their own ``lr`` and ``weight_decay`` (decay groups,
+    layer-wise learning rates); ``options`` (``betas``, ``momentum``, …) go to the class's constructor.
+
+    ``name``: ``adamw``, ``adam`` (AdamW without weight decay), ``sgd`` or ``adafactor``; ``_target_`` names any
+    other ``torch.optim.Optimizer`` class instead. ``fused=None`` uses the fused kernel where the class has one
+    and the parameters are on CUDA."""
+    cls = optimizer_class(None if _target_ else name, _target_)
+    what = _target_ or name
     if not math.isfinite(lr) or lr <= 0:  # inf passes "> 0" and NaN fails every comparison silently
         raise ConfigError(f"optimizer.lr={lr} must be > 0 and finite")
     if not math.isfinite(weight_decay) or weight_decay < 0:
         raise ConfigError(f"optimizer.weight_decay={weight_decay} must be ≥ 0 and finite")
-    if not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in betas) or not (math.isfinite(eps) and eps > 0):
-        raise ConfigError(f"optimizer.betas={list(betas)} must be in [0, 1) and optimizer.eps={eps} > 0")
+    betas = options.get("betas")
+    if betas is not None and not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optimizer.betas={list(betas)} must be in [0, 1)")
+    eps = options.get("eps", 1.0)
+    if isinstance(eps, (int, float)) and not (math.isfinite(eps) and eps > 0):
+        raise ConfigError(f"optimizer.eps={eps} must be > 0")
+    if betas is not None:
+        options["betas"] = tuple(betas)
+    accepted = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(k for k in options if k not in accepted) if not takes_any else []
+    if unknown:
+        valid = ", ".join(k for k in accepted if k not in ("self", "params"))
+        raise ConfigError(f"optimizer.{unknown[0]} is not an option of {cls.__module__}.{cls.__name__} ({what}); "
+                          f"its options: {valid}")  # fmt: skip
     groups = [g for g in groups if g["params"]]
-    if name == "adam":
+    if name == "adam" and not _target_:
         for group in groups:
             group["weight_decay"] = 0.0
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    if "fused" in accepted:
+        on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+        options["fused"] = (on_cuda and bool(groups)) if fused is None else fused
+    try:
+        return cls(groups, lr=lr, **options)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"optimizer ({what}): {error}") from None
 
 
 def lr_multiplier(step: int, name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

@@ -139,12 +139,13 @@ class Seq2SeqModule(TaskModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
-        logger = self.logger
-        if logger is not None and hasattr(logger.experiment, "add_text") and self._hypotheses:
+        if self.loggers and self._hypotheses and self.trainer.is_global_zero:
+            from attnfit.training.loggers import log_text
+
             lines = [f"**hyp:** {h}  \n**ref:** {r}" for h, r in zip(self._hypotheses, self._references, strict=False)][
                 : self.num_samples
             ]
-            logger.experiment.add_text("samples", "\n\n".join(lines), global_step=self.global_step)
+            log_text(self.loggers, "samples", "\n\n".join(lines), self.global_step)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -178,7 +178,8 @@ def test_impossible_predict_and_eval_counts_are_named(option, expected):
     ("args", "expected"),
     [
         (["search.n_trials=0"], "search.n_trials=0 must be an integer ≥ 1"),
-        (["+search.storage=postgresql://db/x"], "unknown search option(s) search.storage"),
+        (["+search.workers=2"], "unknown search option(s) search.workers"),
+        (["search.storage=postgresql://me:secret@db/x"], "search.storage=postgresql://me:***@db/x cannot be opened"),
     ],
 )
 def test_search_config_mistakes_stop_before_the_first_trial(cache_dir, tmp_path, args, expected):

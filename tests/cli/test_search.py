@@ -151,3 +151,33 @@ def test_a_missing_or_bad_search_space_is_explained(run_cli, args, expected):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert "trial 0" not in proc.stdout
+
+
+def test_two_workers_share_one_study_and_its_budget(search, cache_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, search_dir = search
+    config_dir = tmp_path / "configs"
+    space = ["hparams_search=tiny", f"hydra.searchpath=[file://{config_dir}]", f"search.dir={search_dir}"]
+    budget = ["search.n_trials=4", "search.pruner.name=none"]
+    command = [sys.executable, "-m", "attnfit.cli.search", *BASE, *space, *budget]
+    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1"}
+    workers = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+
+    trials = [t for t in load(search_dir).trials if not t.user_attrs.get("over_budget")]
+    assert len(trials) == 4 and all(t.state.is_finished() for t in trials)  # the budget, counted across workers
+    assert not any("retry_of" in t.user_attrs or t.user_attrs.get("interrupted") for t in trials)  # none reclaimed
+    assert {t.user_attrs["worker"]["pid"] for t in trials} == {w.pid for w in workers}  # both worked on it
+    for trial in trials:  # each trial ran once, in its own directory; only 3 heads for dim 32 fail, by themselves
+        record = status(search_dir, trial.number)
+        assert record["status"] == ("completed" if trial.state == TrialState.COMPLETE else "failed")
+        assert trial.state == TrialState.COMPLETE or "does not divide" in record["error"]
+    assert sorted(p.name for p in search_dir.glob("trial_*")) == sorted(f"trial_{t.number}" for t in trials)
+    assert json.loads((search_dir / "study.json").read_text())["study_name"] == "search"

@@ -67,3 +67,46 @@ def test_bad_schedule_name():
 def test_impossible_learning_rates_fail_the_config_check(lr):
     with pytest.raises(ConfigError, match=r"optimizer.lr=.* must be > 0 and finite"):
         build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=lr)
+
+
+def _layerwise(opt: dict):
+    """An optimizer from ``opt`` (the optimizer config group) over fine-tuning's layer-wise groups."""
+    from attnfit.models.finetuning import layer_groups
+    from attnfit.training.module import Optimization
+
+    model = LanguageModel(ModelConfig(vocab_size=50, dim=16))
+    layers = layer_groups(model.backbone)
+    head = [p for p in model.parameters() if all(p is not q for layer in layers for q in layer)]
+    optimization = Optimization(opt, {"name": "constant"}, 10, layers, head, layer_lr_decay=0.5, head_lr=0.05)
+    return model, len(layers), optimization.configure(model)["optimizer"]
+
+
+@pytest.mark.parametrize(
+    ("opt", "cls"),
+    [
+        ({"name": "adamw", "lr": 0.01, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-8}, torch.optim.AdamW),
+        ({"name": "sgd", "lr": 0.01, "weight_decay": 0.1, "momentum": 0.9, "nesterov": True}, torch.optim.SGD),
+        ({"name": "adafactor", "lr": 0.01, "weight_decay": 0.1}, torch.optim.Adafactor),
+        ({"_target_": "torch.optim.RMSprop", "lr": 0.01, "weight_decay": 0.1, "alpha": 0.9}, torch.optim.RMSprop),
+    ],
+)
+def test_every_optimizer_keeps_decay_groups_and_layerwise_learning_rates(opt, cls):
+    model, depth, optimizer = _layerwise(dict(opt))
+    assert type(optimizer) is cls
+    lrs = sorted({group["lr"] for group in optimizer.param_groups})  # each lower layer half the next, the head 0.05
+    assert depth >= 3 and lrs == pytest.approx([0.01 * 0.5**k for k in reversed(range(depth))] + [0.05])
+    decays = {group["weight_decay"] for group in optimizer.param_groups}
+    assert decays == {0.0, 0.1}  # matrices decayed, biases and norms not
+    extra = {k: v for k, v in opt.items() if k not in ("name", "_target_", "lr", "weight_decay")}
+    for key, value in extra.items():  # the class's own options arrive
+        assert optimizer.defaults[key] == (tuple(value) if isinstance(value, list) else value)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randint(0, 50, (2, 8))).sum().backward()
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_adamw_is_fused_only_where_the_parameters_are_on_cuda():
+    param = torch.nn.Parameter(torch.zeros(2, 2))
+    assert build_optimizer([{"params": [param]}], "adamw").defaults["fused"] is False  # CPU: the foreach path
+    assert build_optimizer([{"params": [param]}], "adamw", fused=True).defaults["fused"] is True  # asked for

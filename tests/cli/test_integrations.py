@@ -1,0 +1,172 @@
+"""Loggers, callbacks and optimizers from config, each with the real component: MLflow on a SQLite store read
+back through MlflowClient, W&B's offline files parsed, TensorBoard's events, an EMA callback's saved weights,
+an optimizer by ``_target_``; and the one-line refusals of what used to be ignored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnfit.cli import check_not_a_search
+from tests.conftest import TINY
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B ``run-*.wandb`` file: a ``:W&B`` header, then LevelDB-log records (checksum,
+    length, type; a record split over 32 KiB blocks comes in FIRST/MIDDLE/LAST pieces)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    position, block, pending, records = 7, 32768, b"", []
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_every_logger_gets_metrics_final_hparams_the_config_and_heat_maps(run_cli, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network in tests; the preset also detects it by itself
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    loggers = "logger=[tensorboard,mlflow,wandb]"
+    run_cli(
+        "train", *TINY, "task=classification", "data=embedded_classification", "+callbacks.heatmaps=1",
+        loggers, f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    config = (run_dir / "config.yaml").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    # MLflow: the run's own SQLite store and artifact folder
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name == "classification-transformer-self"]
+    assert Path(experiment.artifact_location.removeprefix("file://")) == run_dir / "mlartifacts"
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "val/loss")
+    assert len(history) == 2 and history[-1].value == pytest.approx(metrics["val/loss"])
+    assert run.data.metrics["final/best/val/loss"] == pytest.approx(metrics["best/val/loss"])
+    assert run.data.params["optimizer.lr"] == "0.002" and run.data.params["task.name"] == "classification"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "attention"} <= artifacts
+    assert Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text() == config
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "attention/example_0")]
+    assert images == ["attention/example_0/step000003.png", "attention/example_0/step000006.png"]
+    from attnfit.runs.report import _mlflow_scalars  # attnfit-report's curves of a run logged to MLflow only
+
+    assert _mlflow_scalars(run_dir, ["val/loss"])["val/loss"][-1][1] == pytest.approx(metrics["val/loss"])
+
+    # W&B: the offline run's record file, parsed
+    [wandb_run] = (run_dir / "wandb").glob("offline-run-*")
+    records = wandb_records(next(wandb_run.glob("run-*.wandb")))
+    history = [{item.key or "/".join(item.nested_key): item.value_json for item in r.history.item} for r in records
+               if r.WhichOneof("record_type") == "history"]  # fmt: skip
+    val_losses = [json.loads(h["val/loss"]) for h in history if "val/loss" in h]
+    assert val_losses and val_losses[-1] == pytest.approx(metrics["val/loss"], rel=1e-6)
+    assert any("attention/example_0" in h for h in history)  # the heat map, logged as an image
+    configs = {i.key: i.value_json for r in records if r.WhichOneof("record_type") == "config" for i in r.config.update}
+    assert json.loads(configs["optimizer.lr"])["value"] == 0.002
+    summary = {i.key or "/".join(i.nested_key): i.value_json for r in records
+               if r.WhichOneof("record_type") == "summary" for i in r.summary.update}  # fmt: skip
+    assert json.loads(summary["final/best/val/loss"]) == pytest.approx(metrics["best/val/loss"])
+    assert (wandb_run / "files" / "run_config.yaml").read_text() == config
+    assert list((wandb_run / "files" / "media" / "images").rglob("*.png"))
+
+    # TensorBoard, still the default's layout, gets the images and the config too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert "attention/example_0" in events.Tags()["images"] and "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_an_ema_callback_from_config_saves_the_average_and_an_optimizer_by_target_trains(run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(
+        "train", *TINY, "trainer.max_steps=4", "trainer.val_check_interval=4", "callbacks/extra=ema",
+        "callbacks.extra.ema.decay=0.5", "callbacks.checkpoint.every_n_steps=1", "callbacks.checkpoint.keep_last_k=4",
+        "optimizer=custom", "optimizer._target_=torch.optim.RMSprop", "+optimizer.alpha=0.9", "optimizer.lr=0.01",
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    steps = [torch.load(run_dir / "checkpoints" / f"step{s:06d}.ckpt", weights_only=True) for s in (1, 2, 3, 4)]
+    floats = [k for k, v in steps[0]["state_dict"].items() if v.is_floating_point()]
+    # state_dict holds the average, current_model_state the trained weights; EMA: a_1 = w_1, a_k = ½ a_(k-1) + ½ w_k
+    average = {k: steps[0]["current_model_state"][k] for k in floats}
+    for k in floats:
+        torch.testing.assert_close(steps[0]["state_dict"][k], average[k])
+    moved = 0
+    for checkpoint in steps[1:]:
+        average = {k: 0.5 * average[k] + 0.5 * checkpoint["current_model_state"][k] for k in floats}
+        for k in floats:
+            torch.testing.assert_close(checkpoint["state_dict"][k], average[k], rtol=1e-5, atol=1e-6)
+        moved += sum(not torch.equal(checkpoint["state_dict"][k], checkpoint["current_model_state"][k]) for k in floats)
+    assert moved > 0  # the average is not the trained weights
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    for k in floats:  # the end of training keeps both: resume continues the trained weights and the average
+        torch.testing.assert_close(last["state_dict"][k], steps[-1]["state_dict"][k])
+        torch.testing.assert_close(last["current_model_state"][k], steps[-1]["current_model_state"][k])
+    # the optimizer is RMSprop (its own state), still over the weight-decay groups
+    assert set(last["optimizer_states"][0]["state"][0]) == {"step", "square_avg"}
+    groups = last["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 2 and groups[0]["alpha"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging"],  # refused, not ignored
+         "unknown key callbacks.swa; attnfit's callback keys: checkpoint, early_stopping, progress_bar, heatmaps, "
+         "nonfinite, extra; a Lightning callback goes under callbacks.extra: +callbacks.extra.swa._target_=CLASS"),
+        (["+callbacks.extra.t._target_=torch.nn.Linear"], "callbacks.extra.t._target_=torch.nn.Linear is not a "
+         "Lightning callback"),
+        (["+callbacks.extra.stop._target_=lightning.pytorch.callbacks.EarlyStopping"],
+         "callbacks.extra.stop: EarlyStopping.__init__() missing 1 required positional argument: 'monitor'"),
+        (["+callbacks.extra.x.decay=0.9"], "callbacks.extra.x has no _target_"),
+        (["optimizer=custom"], "optimizer=custom needs optimizer._target_=CLASS"),
+        (["optimizer=custom", "optimizer._target_=torch.nn.Linear"], "is not a torch.optim.Optimizer class"),
+        (["optimizer=sgd", "+optimizer.betas=[0.9,0.9]"], "optimizer.betas is not an option of torch.optim.sgd.SGD"),
+        (["+logger.comet.project=x"], "logger.comet has no _target_"),
+        (["+logger.x._target_=torch.optim.SGD"], "logger.x._target_=torch.optim.SGD is not a Lightning logger"),
+    ],
+)  # fmt: skip
+def test_bad_callbacks_optimizers_and_loggers_are_one_line_errors(args, expected):
+    from hydra import compose, initialize_config_dir
+
+    from attnfit.cli import CONFIG_DIR
+    from attnfit.errors import ConfigError
+    from attnfit.recipes.checks import check_optimization, check_run_options
+    from attnfit.recipes.common import config_callbacks
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=args)
+    with pytest.raises(ConfigError) as error:
+        check_run_options(cfg)
+        check_optimization(cfg)
+        config_callbacks(cfg)
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("config", ["train", "finetune"])
+def test_a_search_space_given_to_train_names_attnfit_search(capsys, config):
+    with pytest.raises(SystemExit) as exit_:
+        check_not_a_search(["-m", "hparams_search=optuna", "trainer.max_steps=5"], config)
+    assert exit_.value.code == 2
+    name = "" if config == "train" else "--config-name finetune "
+    expected = f"error: hparams_search=optuna is run by attnfit-search: attnfit-search {name}hparams_search=optuna "
+    assert capsys.readouterr().err == expected + "trainer.max_steps=5\n"
