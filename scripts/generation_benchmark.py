@@ -39,8 +39,17 @@ def build_pair(dim: int, layers: int, heads: int, vocab: int, max_len: int) -> t
         )
     ).eval()
     hf_config = GPT2Config(
-        vocab_size=vocab, n_positions=max_len, n_embd=dim, n_layer=layers, n_head=heads, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, pad_token_id=0,
+        vocab_size=vocab,
+        n_positions=max_len,
+        n_embd=dim,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
     )
     hf = GPT2LMHeadModel(hf_config).eval()
     hf.generation_config.eos_token_id = None
@@ -102,8 +111,11 @@ def main() -> None:
         def run_hf(ids=ids, mask=mask):
             with torch.no_grad():
                 return hf.generate(
-                    ids, attention_mask=(~mask).long(), max_new_tokens=args.new_tokens,
-                    min_new_tokens=args.new_tokens, do_sample=False,
+                    ids,
+                    attention_mask=(~mask).long(),
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=False,
                 )
 
         assert run_ours().shape == run_hf().shape  # both produced exactly the same number of tokens
@@ -111,8 +123,10 @@ def main() -> None:
         t_ours, t_hf = best_time(run_ours, args.repeats), best_time(run_hf, args.repeats)
         row = {"attnfit_tokens_per_s": tokens / t_ours, "hf_tokens_per_s": tokens / t_hf, "ratio": t_hf / t_ours}
         results[f"batch_{batch}"] = row
-        print(f"batch {batch}: attnfit {row['attnfit_tokens_per_s']:,.0f} tokens/s, Hugging Face GPT-2 "
-              f"{row['hf_tokens_per_s']:,.0f} tokens/s: {row['ratio']:.2f}×")
+        print(
+            f"batch {batch}: attnfit {row['attnfit_tokens_per_s']:,.0f} tokens/s, Hugging Face GPT-2 "
+            f"{row['hf_tokens_per_s']:,.0f} tokens/s: {row['ratio']:.2f}×"
+        )
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
 
