@@ -205,6 +205,7 @@ def adapt(cfg: DictConfig, pretrained: Artifact, prepared: Prepared, steps: int)
         lm.scheduler.warmup_steps = min(int(lm.scheduler.get("warmup_steps") or 0), steps // 10)
     lm.trainer.val_check_interval = min(steps, int(lm.trainer.get("val_check_interval") or steps))
     lm.callbacks.progress_bar = cfg.callbacks.progress_bar  # the pretraining run's own callbacks otherwise
+    lm.logger = OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else None  # this run's loggers
     # This run's loggers, unresolved: their ${paths.output_dir} becomes the adapt directory
     lm.logger = OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else None
     if OmegaConf.select(cfg, "finetune.adapt_lr") is not None:
@@ -237,19 +238,20 @@ def summarise(
     output_dir = Path(cfg.paths.output_dir)
     for line in task.summarise(metrics, module, prepared):
         console.print(line)
-    console.print(f"run directory: {output_dir}")
+    # Paths and commands are printed literally: rich would take `[label,text]` in an override for markup.
+    console.print(f"run directory: {output_dir}", markup=False)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
-        console.print(f"best checkpoint: {best}")
+        console.print(f"best checkpoint: {best}", markup=False)
     console.print("next:")
     for line in task.next_steps(output_dir):
-        console.print(f"  {line}")
+        console.print(f"  {line}", markup=False)
     entry = "attnfit-finetune" if "pretrained" in cfg else "attnfit-train"
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.exists() and trainer.global_step > 0:
         command = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
         continuation = continue_overrides(cfg, last, trainer.global_step, list(command))
-        console.print(f"  {entry} {continuation}   # continue training, exactly")
+        console.print(f"  {entry} {continuation}   # continue training, exactly", markup=False)
 
 
 def continue_overrides(cfg: DictConfig, last: Path, step: int, command: Sequence[str] = ()) -> str:

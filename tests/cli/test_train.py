@@ -21,9 +21,10 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.mark.parametrize("task", ["mlm", "clm"])
 def test_train_writes_a_complete_run_directory(run_cli, tmp_path, task):
-    run_dir = tmp_path / "run"
-    proc = run_cli("train", *TINY, f"task={task}", f"hydra.run.dir={run_dir}")
+    run_dir = tmp_path / "[b]run"  # printed as it is, not read as rich markup
+    proc = run_cli("train", *TINY, f"task={task}", f"hydra.run.dir='{run_dir}'")
     assert f"run directory: {run_dir}" in proc.stdout
+    assert f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}" in proc.stdout.replace("'", "")  # continue command
     assert "unigram baseline" in proc.stdout
 
     config = (run_dir / "config.yaml").read_text()
