@@ -591,7 +591,11 @@ def search_plots(sweep_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
 
     plt = _pyplot()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=info.get("study_name"), storage=storage)
+    try:
+        study = optuna.load_study(study_name=info.get("study_name"), storage=storage)
+    except Exception as error:  # a corrupt or unreachable store must not cost the report already written
+        logger.warning("no Optuna plots: cannot load the study from %s: %s", storage, str(error).splitlines()[0])
+        return {}
     paths = {}
     for name, plot in SEARCH_PLOTS.items():
         with warnings.catch_warnings():
