@@ -1,0 +1,394 @@
+"""Hugging Face interop: import BERT / GPT-2 checkpoints as attnfit models, export attnfit models that
+``transformers`` loads.
+
+An import reads the checkpoint's ``config.json``, weights and ``tokenizer.json`` directly (no ``transformers``
+model is built) and maps them onto options of attnfit's own transformer encoder; the result is an ordinary
+:class:`~attnfit.pretrained.Artifact`, so fine-tuning, evaluation, heat maps and export treat it like any
+attnfit checkpoint. ``transformers`` and ``huggingface_hub`` are imported only when needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnfit.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("attnfit")
+
+PREFIX = "hf:"
+BERT_FAMILY = ("bert",)
+GPT2_FAMILY = ("gpt2",)
+SUPPORTED = (*BERT_FAMILY, *GPT2_FAMILY)
+# Only what an import reads: weights, config, tokenizer (older repos also hold TF/Flax weights, skipped).
+_DOWNLOAD = [
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+]
+_HEAD_PREFIXES = ("bert.", "transformer.")  # the base model's prefix inside a model-with-head checkpoint
+_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+# ---- import ---------------------------------------------------------------------------------------------------
+def is_hf_source(path: str | Path) -> bool:
+    """``hf:NAME``, or a directory in Hugging Face's format (a ``config.json`` with a ``model_type``, not attnfit's)."""
+    text = str(path)
+    if text.startswith(PREFIX):
+        return True
+    config = Path(text).expanduser() / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        meta = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "model_type" in meta and "task" not in meta
+
+
+def resolve_source(path: str | Path) -> tuple[Path, str]:
+    """The local directory of ``hf:NAME`` (downloaded through the user's Hugging Face cache) or of a local
+    directory, and the name to show for it."""
+    text = str(path)
+    name = text.removeprefix(PREFIX)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local, name
+    if not text.startswith(PREFIX):
+        raise CheckpointError(f"{text} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConfigError(f"{text} needs huggingface_hub: pip install 'attnfit[hf]'") from None
+    try:
+        return Path(snapshot_download(repo_id=name, allow_patterns=_DOWNLOAD)), name
+    except Exception as error:  # offline, unknown repository, gated model: one line, not a traceback
+        raise CheckpointError(f"cannot download {name} from the Hugging Face Hub: {_first_line(error)}") from None
+
+
+def import_hf(path: str | Path) -> Any:
+    """An :class:`~attnfit.pretrained.Artifact` for a BERT or GPT-2 checkpoint (``hf:NAME`` or a local directory).
+
+    ``*ForMaskedLM`` / plain BERT become task ``mlm``, GPT-2 task ``clm``; ``*ForSequenceClassification``
+    becomes task ``classification`` with its labels. BERT's pooler, when the checkpoint has one, travels in
+    ``artifact.extra`` for a classifier fine-tuned from it."""
+    from attnfit.pretrained import Artifact, ModelRecord
+
+    directory, name = resolve_source(path)
+    config = _read_config(directory)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED:
+        raise ConfigError(
+            f"{name}: model_type={model_type!r} cannot be imported; supported model types: {', '.join(SUPPORTED)}"
+        )
+    weights = _read_weights(directory)
+    tokenizer_json = _read_tokenizer(directory)
+    architecture = (config.get("architectures") or [""])[0]
+    classifier = architecture.endswith("ForSequenceClassification")
+    if model_type in BERT_FAMILY:
+        model_config, state, extra = _bert_config(config, name), *_bert_from_hf(weights, config)
+        task = "mlm"
+    else:
+        model_config, state, extra = _gpt2_config(config, name), *_gpt2_from_hf(weights, config)
+        task = "clm"
+    head_config, label_names = None, None
+    if classifier:
+        task, state, head_config, label_names = _as_classifier(config, model_type, state, extra)
+    else:
+        _complete_lm_head(model_config, state, name)
+    record = ModelRecord(
+        task,
+        model_config,
+        tokenizer_json,
+        head_config=head_config,
+        label_names=label_names,
+        hf={"model_type": model_type, "source": name, "architecture": architecture},
+    )
+    log.info("imported %s (%s, %s) as an attnfit %s model", name, model_type, architecture or "base model", task)
+    return Artifact(record, state, directory, extra=extra)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no config.json: not a Hugging Face model directory") from None
+    except ValueError as error:
+        raise CheckpointError(f"{directory / 'config.json'} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{directory / 'config.json'} is not a JSON object")
+    return config
+
+
+def _read_weights(directory: Path) -> dict[str, Tensor]:
+    """``model.safetensors`` (or its shards), else ``pytorch_model.bin`` read as plain tensors only."""
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        weights: dict[str, Tensor] = {}
+        for file in files:
+            weights.update(load_file(file))
+        return weights
+    legacy = directory / "pytorch_model.bin"
+    if legacy.exists():
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"{directory} holds no model.safetensors or pytorch_model.bin")
+
+
+def _read_tokenizer(directory: Path) -> str:
+    """``tokenizer.json`` as it is, so ids equal the Hugging Face fast tokenizer's; a repository with only the
+    slow tokenizer's files is converted once through ``transformers``."""
+    path = directory / "tokenizer.json"
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    try:
+        from transformers import AutoTokenizer
+
+        fast = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+        return fast.backend_tokenizer.to_str()
+    except Exception as error:
+        raise CheckpointError(
+            f"{directory} has no tokenizer.json and its tokenizer cannot be converted: {error}"
+        ) from None
+
+
+def _need(config: dict[str, Any], key: str, name: str) -> Any:
+    if key not in config:
+        raise CheckpointError(f"{name}: config.json has no {key}")
+    return config[key]
+
+
+def _ffn_mult(hidden: int, inner: int, name: str) -> int:
+    if inner % hidden:
+        raise ConfigError(f"{name}: feed-forward width {inner} is not a multiple of the hidden size {hidden}")
+    return inner // hidden
+
+
+def _activation(act: str, name: str) -> str:
+    if act not in _ACTIVATIONS:
+        raise ConfigError(f"{name}: activation {act!r} has no attnfit equivalent; supported: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[act]
+
+
+def _bert_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise ConfigError(f"{name}: position_embedding_type={config['position_embedding_type']!r}; only absolute")
+    if config.get("is_decoder"):
+        raise ConfigError(f"{name}: a BERT decoder (is_decoder=true) cannot be imported; only encoders")
+    dim = int(_need(config, "hidden_size", name))
+    return {
+        "vocab_size": int(_need(config, "vocab_size", name)),
+        "dim": dim,
+        "max_len": int(config.get("max_position_embeddings", 512)),
+        "position": "learned",
+        "causal": False,
+        "tie_embeddings": bool(config.get("tie_word_embeddings", True)),
+        "pad_id": int(config.get("pad_token_id") or 0),
+        "type_vocab_size": int(config.get("type_vocab_size", 2)),
+        "embed_norm": True,
+        "head_bias": True,
+        "encoder": {
+            "name": "transformer",
+            "num_layers": int(_need(config, "num_hidden_layers", name)),
+            "ffn_mult": _ffn_mult(dim, int(config.get("intermediate_size", 4 * dim)), name),
+            "dropout": float(config.get("hidden_dropout_prob", 0.1)),
+            "norm": "post",
+            "activation": _activation(config.get("hidden_act", "gelu"), name),
+            "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+            "final_norm": False,
+            "bias": True,
+        },
+        "attention": {
+            "name": "self",
+            "num_heads": int(_need(config, "num_attention_heads", name)),
+            "dropout": float(config.get("attention_probs_dropout_prob", 0.1)),
+        },
+    }
+
+
+def _gpt2_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+    if not config.get("scale_attn_weights", True) or config.get("scale_attn_by_inverse_layer_idx"):
+        raise ConfigError(f"{name}: GPT-2 attention scaling other than 1/√d (scale_attn_*) cannot be imported")
+    dim = int(_need(config, "n_embd", name))
+    eos = config.get("eos_token_id")
+    pad = config.get("pad_token_id")
+    return {
+        "vocab_size": int(_need(config, "vocab_size", name)),
+        "dim": dim,
+        "max_len": int(config.get("n_positions", 1024)),
+        "position": "learned",
+        "causal": True,
+        "tie_embeddings": bool(config.get("tie_word_embeddings", True)),
+        # GPT-2 has no padding token; its end-of-text token pads (it is never attended to under the mask).
+        "pad_id": int(pad if pad is not None else eos if eos is not None else 0),
+        "head_bias": False,
+        "encoder": {
+            "name": "transformer",
+            "num_layers": int(_need(config, "n_layer", name)),
+            "ffn_mult": _ffn_mult(dim, int(config.get("n_inner") or 4 * dim), name),
+            "dropout": float(config.get("resid_pdrop", 0.1)),
+            "norm": "pre",
+            "activation": _activation(config.get("activation_function", "gelu_new"), name),
+            "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
+            "final_norm": True,
+            "bias": True,
+        },
+        "attention": {
+            "name": "self",
+            "num_heads": int(_need(config, "n_head", name)),
+            "dropout": float(config.get("attn_pdrop", 0.1)),
+        },
+    }
+
+
+def _strip(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Base-model keys without the ``bert.`` / ``transformer.`` prefix; old LayerNorm names (gamma/beta) renamed."""
+    out = {}
+    for key, value in weights.items():
+        for prefix in _HEAD_PREFIXES:
+            if key.startswith(prefix):
+                key = key.removeprefix(prefix)
+                break
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        out[key] = value
+    return out
+
+
+def _bert_pairs(num_layers: int) -> Iterator[tuple[str, str]]:
+    """``(Hugging Face key without prefix, attnfit key)`` for BERT's base model; weight and bias both."""
+    yield "embeddings.word_embeddings.weight", "backbone.embeddings.token.weight"
+    yield "embeddings.position_embeddings.weight", "backbone.embeddings.position.weight"
+    yield "embeddings.token_type_embeddings.weight", "backbone.embeddings.token_type.weight"
+    for p in ("weight", "bias"):
+        yield f"embeddings.LayerNorm.{p}", f"backbone.embeddings.norm.{p}"
+    for i in range(num_layers):
+        hf, ours = f"encoder.layer.{i}.", f"backbone.encoder.stack.layers.{i}."
+        for theirs, mine in (
+            ("attention.self.query", "attention.q_proj"),
+            ("attention.self.key", "attention.k_proj"),
+            ("attention.self.value", "attention.v_proj"),
+            ("attention.output.dense", "attention.out_proj"),
+            ("attention.output.LayerNorm", "attn_norm"),
+            ("intermediate.dense", "ffn.0"),
+            ("output.dense", "ffn.3"),
+            ("output.LayerNorm", "ffn_norm"),
+        ):
+            for p in ("weight", "bias"):
+                yield f"{hf}{theirs}.{p}", f"{ours}{mine}.{p}"
+
+
+_BERT_MLM_HEAD = (
+    ("cls.predictions.transform.dense.weight", "head.transform.0.weight"),
+    ("cls.predictions.transform.dense.bias", "head.transform.0.bias"),
+    ("cls.predictions.transform.LayerNorm.weight", "head.transform.2.weight"),
+    ("cls.predictions.transform.LayerNorm.bias", "head.transform.2.bias"),
+    ("cls.predictions.decoder.weight", "head.decoder.weight"),
+    ("cls.predictions.bias", "head.decoder.bias"),
+)
+_BERT_POOLER = (("pooler.dense.weight", "pooler.dense.weight"), ("pooler.dense.bias", "pooler.dense.bias"))
+
+
+def _take(weights: dict[str, Tensor], key: str, name: str = "checkpoint") -> Tensor:
+    if key not in weights:
+        raise CheckpointError(f"the {name} lacks {key}: its weights do not fit a BERT/GPT-2 of its config.json")
+    return weights[key]
+
+
+def _bert_from_hf(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(state dict of a LanguageModel, extra: BERT's pooler and classifier when present)``."""
+    weights = _strip(raw)
+    state = {ours: _take(weights, theirs) for theirs, ours in _bert_pairs(int(config["num_hidden_layers"]))}
+    for theirs, ours in _BERT_MLM_HEAD:
+        if theirs in weights:
+            state[ours] = weights[theirs]
+    if "head.decoder.bias" not in state and "cls.predictions.decoder.bias" in weights:
+        state["head.decoder.bias"] = weights["cls.predictions.decoder.bias"]
+    extra = {ours: weights[theirs] for theirs, ours in _BERT_POOLER if theirs in weights}
+    for p in ("weight", "bias"):
+        if f"classifier.{p}" in weights:
+            extra[f"head.{p}"] = weights[f"classifier.{p}"]
+    return state, extra
+
+
+def _gpt2_from_hf(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """GPT-2's ``Conv1D`` keeps weights as ``(in, out)``: transposed here; the fused ``c_attn`` split in three."""
+    weights = _strip(raw)
+    state = {
+        "backbone.embeddings.token.weight": _take(weights, "wte.weight"),
+        "backbone.embeddings.position.weight": _take(weights, "wpe.weight"),
+        "backbone.encoder.stack.norm.weight": _take(weights, "ln_f.weight"),
+        "backbone.encoder.stack.norm.bias": _take(weights, "ln_f.bias"),
+    }
+    for i in range(int(config["n_layer"])):
+        hf, ours = f"h.{i}.", f"backbone.encoder.stack.layers.{i}."
+        for theirs, mine in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")):
+            for p in ("weight", "bias"):
+                state[f"{ours}{mine}.{p}"] = _take(weights, f"{hf}{theirs}.{p}")
+        qkv_w = _take(weights, f"{hf}attn.c_attn.weight").t()  # (3D, D)
+        qkv_b = _take(weights, f"{hf}attn.c_attn.bias")
+        for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+            state[f"{ours}attention.{proj}.weight"] = qkv_w.chunk(3, 0)[j].contiguous()
+            state[f"{ours}attention.{proj}.bias"] = qkv_b.chunk(3, 0)[j].contiguous()
+        for theirs, mine in (("attn.c_proj", "attention.out_proj"), ("mlp.c_fc", "ffn.0"), ("mlp.c_proj", "ffn.3")):
+            state[f"{ours}{mine}.weight"] = _take(weights, f"{hf}{theirs}.weight").t().contiguous()
+            state[f"{ours}{mine}.bias"] = _take(weights, f"{hf}{theirs}.bias")
+    extra = {}
+    if "lm_head.weight" in raw:
+        state["head.decoder.weight"] = raw["lm_head.weight"]
+    if "score.weight" in raw:  # GPT2ForSequenceClassification: no bias
+        extra["head.weight"] = raw["score.weight"]
+        extra["head.bias"] = torch.zeros(raw["score.weight"].shape[0], dtype=raw["score.weight"].dtype)
+    return state, extra
+
+
+def _complete_lm_head(model_config: dict[str, Any], state: dict[str, Tensor], name: str) -> None:
+    """A base-model checkpoint (``BertModel``, ``GPT2Model``) has no LM head: the missing tensors start fresh, as
+    an attnfit LanguageModel initialises them, so the import still builds (fine-tuning replaces the head)."""
+    from attnfit.models import LanguageModel, ModelConfig
+
+    if model_config["tie_embeddings"]:
+        state.setdefault("head.decoder.weight", state["backbone.embeddings.token.weight"])
+    fresh = LanguageModel(ModelConfig.from_dict(model_config)).state_dict()
+    missing = [key for key in fresh if key.startswith("head.") and key not in state]
+    for key in missing:
+        state[key] = fresh[key]
+    if missing:
+        log.warning("%s has no language-model head (%s): newly initialised", name, ", ".join(missing))
+
+
+def _as_classifier(
+    config: dict[str, Any], model_type: str, state: dict[str, Tensor], extra: dict[str, Tensor]
+) -> tuple[str, dict[str, Tensor], dict[str, Any], list[str]]:
+    """A ``*ForSequenceClassification`` checkpoint: backbone + (BERT) pooler + head, labels from ``id2label``."""
+    id2label = config.get("id2label") or {}
+    num_labels = len(id2label) or int(config.get("num_labels", 2))
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels)]
+    if "head.weight" not in extra:
+        raise CheckpointError("a sequence-classification checkpoint without its classifier weights")
+    bert = model_type in BERT_FAMILY
+    dropout = config.get("classifier_dropout") if bert else config.get("summary_first_dropout")
+    dropout = float(dropout if dropout is not None else config.get("hidden_dropout_prob", 0.1))
+    head = {"num_labels": num_labels, "pooling": "pooler" if bert else "last", "dropout": dropout}
+    backbone = {key: value for key, value in state.items() if key.startswith("backbone.")}
+    classifier = {**backbone, **extra}
+    if bert and "pooler.dense.weight" not in classifier:
+        raise CheckpointError("a BERT sequence-classification checkpoint without its pooler weights")
+    return "classification", classifier, head, labels
