@@ -392,3 +392,191 @@ def _as_classifier(
     if bert and "pooler.dense.weight" not in classifier:
         raise CheckpointError("a BERT sequence-classification checkpoint without its pooler weights")
     return "classification", classifier, head, labels
+
+
+# ---- export ---------------------------------------------------------------------------------------------------
+_EXPORT_TASKS = ("mlm", "clm", "classification")
+
+
+def transformers_target(record: Any) -> tuple[str, str]:
+    """``(model_type, architecture)`` that an attnfit model maps onto exactly, or ConfigError naming the first
+    option that prevents it."""
+    from attnfit.models import ModelConfig
+
+    if record.task not in _EXPORT_TASKS:
+        raise ConfigError(
+            f"format=transformers: task={record.task} has no transformers equivalent here; "
+            f"supported: {', '.join(_EXPORT_TASKS)}"
+        )
+    config = ModelConfig.from_dict(record.model_config)
+    enc = config.encoder
+    checks = [
+        (enc.name != "transformer", f"encoder={enc.name} (BERT and GPT-2 are transformer encoders)"),
+        (config.attention.name != "self", f"attention={config.attention.name} (only attention=self maps)"),
+        (config.position_kind != "learned", f"model.position={config.position} (BERT and GPT-2 learn positions)"),
+        (not enc.bias, "encoder.bias=false (BERT and GPT-2 have biases)"),
+    ]
+    if config.causal:
+        model_type = "gpt2"
+        checks += [
+            (record.task == "classification", "a classifier on a causal backbone (GPT-2's has no head bias)"),
+            (enc.norm != "pre", "encoder.norm=post (GPT-2 is pre-norm)"),
+            (not enc.final_norm, "encoder.final_norm=false (GPT-2 has a final norm)"),
+            (config.embed_norm, "model.embed_norm=true (GPT-2 has no embedding norm)"),
+            (config.type_vocab_size > 0, "model.type_vocab_size>0 (GPT-2 has no token types)"),
+            (config.head_bias, "model.head_bias=true (GPT-2's LM head has no bias)"),
+        ]
+    else:
+        model_type = "bert"
+        checks += [
+            (enc.norm != "post", "encoder.norm=pre (BERT is post-norm)"),
+            (enc.final_norm, "encoder.final_norm=true (BERT has no final norm)"),
+            (not config.embed_norm, "model.embed_norm=false (BERT normalises its embeddings)"),
+            (config.type_vocab_size < 1, "model.type_vocab_size=0 (BERT has token types)"),
+        ]
+        pooling = (record.head_config or {}).get("pooling")
+        if record.task == "classification" and pooling != "pooler":
+            checks.append((True, f"task.pooling={pooling} (BertForSequenceClassification uses task.pooling=pooler)"))
+    for failed, option in checks:
+        if failed:
+            raise ConfigError(f"format=transformers: cannot export this model: {option}")
+    head = {"mlm": "ForMaskedLM", "clm": "LMHeadModel", "classification": "ForSequenceClassification"}[record.task]
+    return model_type, ("Bert" if model_type == "bert" else "GPT2") + head
+
+
+def _bert_hf_config(config: Any, record: Any) -> dict[str, Any]:
+    enc = config.encoder
+    return {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.dim,
+        "num_hidden_layers": enc.num_layers,
+        "num_attention_heads": config.attention.num_heads,
+        "intermediate_size": enc.ffn_mult * config.dim,
+        "hidden_act": {"gelu": "gelu", "gelu_tanh": "gelu_new"}[enc.activation],
+        "hidden_dropout_prob": enc.dropout,
+        "attention_probs_dropout_prob": config.attention.dropout,
+        "max_position_embeddings": config.max_len,
+        "type_vocab_size": config.type_vocab_size,
+        "layer_norm_eps": enc.norm_eps,
+        "pad_token_id": config.pad_id,
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+
+
+def _gpt2_hf_config(config: Any, record: Any) -> dict[str, Any]:
+    enc = config.encoder
+    return {
+        "vocab_size": config.vocab_size,
+        "n_embd": config.dim,
+        "n_layer": enc.num_layers,
+        "n_head": config.attention.num_heads,
+        "n_inner": enc.ffn_mult * config.dim,
+        "n_positions": config.max_len,
+        "activation_function": {"gelu": "gelu", "gelu_tanh": "gelu_new"}[enc.activation],
+        "resid_pdrop": enc.dropout,
+        "embd_pdrop": enc.dropout,
+        "attn_pdrop": config.attention.dropout,
+        "layer_norm_epsilon": enc.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+
+
+def _bert_to_hf(state: dict[str, Tensor], config: Any, task: str) -> dict[str, Tensor]:
+    out = {f"bert.{theirs}": state[ours] for theirs, ours in _bert_pairs(config.encoder.num_layers)}
+    if task == "mlm":
+        for theirs, ours in _BERT_MLM_HEAD:
+            if ours in state:
+                out[theirs] = state[ours]
+        out.setdefault("cls.predictions.decoder.weight", state["backbone.embeddings.token.weight"])
+        bias = state.get("head.decoder.bias", torch.zeros(config.vocab_size))
+        out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"] = bias
+    else:
+        for theirs, ours in _BERT_POOLER:
+            out[f"bert.{theirs}"] = state[ours]
+        out["classifier.weight"], out["classifier.bias"] = state["head.weight"], state["head.bias"]
+    return out
+
+
+def _gpt2_to_hf(state: dict[str, Tensor], config: Any) -> dict[str, Tensor]:
+    out = {
+        "transformer.wte.weight": state["backbone.embeddings.token.weight"],
+        "transformer.wpe.weight": state["backbone.embeddings.position.weight"],
+        "transformer.ln_f.weight": state["backbone.encoder.stack.norm.weight"],
+        "transformer.ln_f.bias": state["backbone.encoder.stack.norm.bias"],
+        "lm_head.weight": state.get("head.decoder.weight", state["backbone.embeddings.token.weight"]),
+    }
+    for i in range(config.encoder.num_layers):
+        hf, ours = f"transformer.h.{i}.", f"backbone.encoder.stack.layers.{i}."
+        for theirs, mine in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")):
+            for p in ("weight", "bias"):
+                out[f"{hf}{theirs}.{p}"] = state[f"{ours}{mine}.{p}"]
+        projections = [f"{ours}attention.{proj}" for proj in ("q_proj", "k_proj", "v_proj")]
+        out[f"{hf}attn.c_attn.weight"] = torch.cat([state[f"{p}.weight"] for p in projections]).t().contiguous()
+        out[f"{hf}attn.c_attn.bias"] = torch.cat([state[f"{p}.bias"] for p in projections])
+        for theirs, mine in (("attn.c_proj", "attention.out_proj"), ("mlp.c_fc", "ffn.0"), ("mlp.c_proj", "ffn.3")):
+            out[f"{hf}{theirs}.weight"] = state[f"{ours}{mine}.weight"].t().contiguous()
+            out[f"{hf}{theirs}.bias"] = state[f"{ours}{mine}.bias"]
+    return out
+
+
+def export_transformers(artifact: Any, out: Path, merge_lora: bool = True) -> Path:
+    """Write ``out`` as a Hugging Face model directory (``config.json``, ``model.safetensors``, tokenizer files)
+    that ``transformers.AutoModelFor…`` and ``AutoTokenizer`` load with the same outputs as the attnfit model."""
+    from attnfit.models import ModelConfig
+    from attnfit.pretrained import build_model
+
+    model_type, architecture = transformers_target(artifact.record)
+    if artifact.record.lora and not merge_lora:
+        raise ConfigError("format=transformers needs merge_lora=true: transformers has no attnfit LoRA adapters")
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("format=transformers needs transformers: pip install 'attnfit[hf]'") from None
+    model = build_model(artifact)
+    if artifact.record.lora:
+        from attnfit.models.lora import merge_lora as merge
+
+        merge(model)
+    config = ModelConfig.from_dict(artifact.record.model_config)
+    state = {key: value.detach().float() for key, value in model.state_dict().items()}
+    record = artifact.record
+    if model_type == "bert":
+        hf_config, weights = _bert_hf_config(config, record), _bert_to_hf(state, config, record.task)
+        config_class = transformers.BertConfig
+    else:
+        hf_config, weights = _gpt2_hf_config(config, record), _gpt2_to_hf(state, config)
+        config_class = transformers.GPT2Config
+    tokenizer = _hf_tokenizer(record.tokenizer_json, config.max_len)
+    if model_type == "gpt2":
+        hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eos_token_id
+    if record.task == "classification":
+        labels = list(record.label_names or [])
+        hf_config["id2label"] = dict(enumerate(labels))
+        hf_config["label2id"] = {label: i for i, label in enumerate(labels)}
+        hf_config["classifier_dropout"] = float((record.head_config or {}).get("dropout", 0.1))
+    hf_model_class = getattr(transformers, architecture)
+    transformers.utils.logging.disable_progress_bar()  # a bar for writing one small file is noise in a CLI run
+    hf_model = hf_model_class(config_class(**hf_config))
+    missing, unexpected = hf_model.load_state_dict(weights, strict=False)
+    if missing or unexpected:  # a mapping bug, never a user error: say exactly which tensor
+        raise CheckpointError(
+            f"format=transformers: mapping incomplete: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    hf_model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def _hf_tokenizer(tokenizer_json: str, max_len: int) -> Any:
+    """The attnfit tokenizer as a ``transformers`` fast tokenizer, its special tokens named by their roles."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from attnfit.data.tokenizer import special_token_ids
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    roles = {
+        role: tok.id_to_token(token_id) for role, token_id in special_token_ids(tok).items() if token_id is not None
+    }
+    kwargs = {f"{role}_token": token for role, token in roles.items()}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **kwargs)

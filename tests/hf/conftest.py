@@ -105,3 +105,37 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+FT = [
+    "data.seq_len=32",
+    "data.batch_size=16",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "scheduler.warmup_steps=1",
+    "callbacks.progress_bar=none",
+    "callbacks.heatmaps=0",
+]
+
+
+@pytest.fixture(scope="session")
+def bert_finetuned(tmp_path_factory: pytest.TempPathFactory, bert_dir: Path, cache_dir: Path) -> tuple[Path, str]:
+    """``attnfit-finetune pretrained=BERT_DIR`` on the embedded classification data, a few steps: (run, stdout)."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path_factory.mktemp("hf-finetuned") / "run"
+    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnfit.finetune", f"pretrained={bert_dir}", *FT, f"hydra.run.dir={run_dir}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=run_dir.parent,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir, proc.stdout + proc.stderr
