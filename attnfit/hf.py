@@ -58,14 +58,14 @@ def is_hf_source(path: str | Path) -> bool:
     return isinstance(meta, dict) and "model_type" in meta and "task" not in meta
 
 
-def resolve_source(path: str | Path) -> tuple[Path, str]:
+def resolve_source(path: str | Path) -> tuple[Path, str, bool]:
     """The local directory of ``hf:NAME`` (downloaded through the user's Hugging Face cache) or of a local
-    directory, and the name to show for it."""
+    directory, the name to show for it, and whether it came from the Hub."""
     text = str(path)
     name = text.removeprefix(PREFIX)
     local = Path(name).expanduser()
     if local.is_dir():
-        return local, name
+        return local, name, False
     if not text.startswith(PREFIX):
         raise CheckpointError(f"{text} does not exist")
     try:
@@ -73,7 +73,7 @@ def resolve_source(path: str | Path) -> tuple[Path, str]:
     except ImportError:
         raise ConfigError(f"{text} needs huggingface_hub: pip install 'attnfit[hf]'") from None
     try:
-        return Path(snapshot_download(repo_id=name, allow_patterns=_DOWNLOAD)), name
+        return Path(snapshot_download(repo_id=name, allow_patterns=_DOWNLOAD)), name, True
     except Exception as error:  # offline, unknown repository, gated model: one line, not a traceback
         raise CheckpointError(f"cannot download {name} from the Hugging Face Hub: {_first_line(error)}") from None
 
@@ -86,7 +86,7 @@ def import_hf(path: str | Path) -> Any:
     ``artifact.extra`` for a classifier fine-tuned from it."""
     from attnfit.pretrained import Artifact, ModelRecord
 
-    directory, name = resolve_source(path)
+    directory, name, from_hub = resolve_source(path)
     config = _read_config(directory)
     model_type = config.get("model_type")
     if model_type not in SUPPORTED:
@@ -114,7 +114,7 @@ def import_hf(path: str | Path) -> Any:
         tokenizer_json,
         head_config=head_config,
         label_names=label_names,
-        hf={"model_type": model_type, "source": name, "architecture": architecture},
+        hf={"model_type": model_type, "source": name, "architecture": architecture, "from_hub": from_hub},
     )
     log.info("imported %s (%s, %s) as an attnfit %s model", name, model_type, architecture or "base model", task)
     return Artifact(record, state, directory, extra=extra)
@@ -580,3 +580,49 @@ def _hf_tokenizer(tokenizer_json: str, max_len: int) -> Any:
     }
     kwargs = {f"{role}_token": token for role, token in roles.items()}
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **kwargs)
+
+
+# ---- the Hub ---------------------------------------------------------------------------------------------------
+def check_repo_id(repo_id: str) -> None:
+    owner, slash, name = repo_id.partition("/")
+    if not slash or not owner or not name or "/" in name:
+        raise ConfigError(f"push_to_hub={repo_id!r} must be USER/REPO (or ORG/REPO)")
+
+
+def _reachable(endpoint: str, timeout: float = 5.0) -> str | None:
+    """None when the Hub's host accepts a connection within ``timeout`` seconds, else why not: an upload to an
+    unreachable Hub would otherwise sit in the HTTP client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
+
+
+def push_to_hub(out: Path, repo_id: str, private: bool = False) -> str:
+    """Upload the export directory ``out`` to the Hub repository ``repo_id`` (created if missing); returns its
+    URL. Without network or a login, one ConfigError line says which."""
+    check_repo_id(repo_id)
+    try:
+        from huggingface_hub import HfApi, constants
+    except ImportError:
+        raise ConfigError("push_to_hub needs huggingface_hub: pip install 'attnfit[hf]'") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"push_to_hub={repo_id}: HF_HUB_OFFLINE is set; unset it to upload (the export is in {out})")
+    endpoint = constants.ENDPOINT
+    why = _reachable(endpoint)
+    if why is not None:
+        raise ConfigError(f"push_to_hub={repo_id}: cannot reach {endpoint} ({why}); the export is in {out}")
+    api = HfApi(endpoint=endpoint)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(out), repo_id=repo_id, commit_message="Upload from attnfit-export")
+    except Exception as error:  # no token, no write access, network dropped: one line, not a traceback
+        hint = " (log in with `hf auth login` or set HF_TOKEN)" if "401" in str(error) or "403" in str(error) else ""
+        raise ConfigError(f"push_to_hub={repo_id} failed: {_first_line(error)}{hint}") from None
+    return f"{endpoint}/{repo_id}"

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from attnfit.errors import AttnfitError, ConfigError, check_choice, disk_is_full
+from attnfit.model_card import write_model_card
 from attnfit.options import check_option_types, output_dir
 from attnfit.pretrained import export, load_artifact, load_pretrained
 from attnfit.tasks import get_task
@@ -24,6 +25,11 @@ def export_model(cfg: DictConfig) -> Path:
     check_option_types(cfg)
     fmt = str(cfg.get("format") or "attnfit")
     check_choice("format", fmt, FORMATS)
+    repo_id = str(cfg.get("push_to_hub") or "") or None
+    if repo_id:
+        from attnfit.hf import check_repo_id
+
+        check_repo_id(repo_id)
     if (Path(str(cfg.out)) / "checkpoints").is_dir():  # its config.json would make the run read as an export
         raise ConfigError(
             f"out={cfg.out} is a run directory; export into a directory of its own, e.g. {cfg.out}/export"
@@ -46,6 +52,7 @@ def export_model(cfg: DictConfig) -> Path:
             raise
         raise AttnfitError(f"cannot write the export into out={out}: the disk is full; free some space") from None
     load_pretrained(out)  # proves the directory loads on its own (a transformers export: through the import)
+    write_model_card(artifact.record, artifact.run_dir(), out, fmt, repo_id)
     print(f"exported {artifact.task} model from {artifact.source} to {out}:")
     for path in sorted(out.iterdir()):
         print(f"  {path.name:22s} {path.stat().st_size / 1e6:8.2f} MB")
@@ -55,4 +62,8 @@ def export_model(cfg: DictConfig) -> Path:
     print(f"predict:      attnfit-predict checkpoint={out} text='...' heatmap=true")
     if get_task(artifact.task).is_pretraining:
         print(f"fine-tune it: attnfit-finetune pretrained={out}")
+    if repo_id:
+        from attnfit.hf import push_to_hub
+
+        print(f"pushed to the Hugging Face Hub: {push_to_hub(out, repo_id)}")
     return out

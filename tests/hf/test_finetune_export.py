@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 import torch
+import yaml
 
 from attnfit.data.classification import encode_for_classification
 from attnfit.errors import ConfigError
@@ -62,6 +66,51 @@ def test_finetuned_classifier_exports_to_auto_model_for_sequence_classification(
         got = theirs(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
     assert theirs.config.id2label == dict(enumerate(artifact.label_names))
+
+    # The model card carries the run's real metrics, in its text and in the Hub's model-index block.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    results = meta["model-index"][0]["results"][0]
+    assert results["task"]["type"] == "text-classification" and meta["library_name"] == "transformers"
+    assert {m["name"]: m["value"] for m in results["metrics"]}["test f1"] == pytest.approx(metrics["test/f1"], abs=1e-6)
+    assert f"| test/f1 | {metrics['test/f1']:.4g} |" in card
+    assert f"attnfit-finetune pretrained={bert_finetuned_source(run_dir)}" in card  # the reproducing command
+    for section in ("## Training data", "## Intended use and limits", "## Resolved config", "## Reproduce"):
+        assert section in card
+    assert "base_model" not in meta  # a local directory, not a Hub repository
+    assert f"Base model: `{bert_finetuned_source(run_dir)}`" in card
+
+
+def bert_finetuned_source(run_dir):
+    return json.loads((run_dir / "status.json").read_text())["overrides"][0].split("=", 1)[1]
+
+
+def test_push_to_hub_without_network_fails_fast_in_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from attnfit.hf import push_to_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        push_to_hub(tmp_path, "someone/tiny")
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    assert message.startswith("push_to_hub=someone/tiny: cannot reach http://127.0.0.1:9") and "\n" not in message
+
+
+def test_push_to_hub_offline_mode_and_bad_repo_ids_are_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from attnfit.hf import push_to_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="push_to_hub=someone/tiny: HF_HUB_OFFLINE is set"):
+        push_to_hub(tmp_path, "someone/tiny")
+    with pytest.raises(ConfigError, match="must be USER/REPO"):
+        push_to_hub(tmp_path, "no-owner")
 
 
 @pytest.mark.parametrize(
