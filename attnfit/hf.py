@@ -23,7 +23,7 @@ from attnfit.errors import CheckpointError, ConfigError
 log = logging.getLogger("attnfit")
 
 PREFIX = "hf:"
-BERT_FAMILY = ("bert",)
+BERT_FAMILY = ("bert", "roberta")  # RoBERTa: BERT's layers; positions offset by its padding id, other head names
 GPT2_FAMILY = ("gpt2",)
 SUPPORTED = (*BERT_FAMILY, *GPT2_FAMILY)
 # Only what an import reads: weights, config, tokenizer (older repos also hold TF/Flax weights, skipped).
@@ -38,7 +38,7 @@ _DOWNLOAD = [
     "vocab.json",
     "merges.txt",
 ]
-_HEAD_PREFIXES = ("bert.", "transformer.")  # the base model's prefix inside a model-with-head checkpoint
+_HEAD_PREFIXES = ("bert.", "roberta.", "transformer.")  # the base model's prefix inside a model-with-head checkpoint
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
@@ -188,6 +188,12 @@ def _activation(act: str, name: str) -> str:
     return _ACTIVATIONS[act]
 
 
+def _position_offset(config: dict[str, Any]) -> int:
+    """RoBERTa numbers real tokens from ``pad_token_id + 1`` (right padding; the rows below serve padding only):
+    its table from there on is attnfit's positions 0, 1, …"""
+    return int(config.get("pad_token_id") or 0) + 1 if config.get("model_type") == "roberta" else 0
+
+
 def _bert_config(config: dict[str, Any], name: str) -> dict[str, Any]:
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ConfigError(f"{name}: position_embedding_type={config['position_embedding_type']!r}; only absolute")
@@ -197,7 +203,7 @@ def _bert_config(config: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "vocab_size": int(_need(config, "vocab_size", name)),
         "dim": dim,
-        "max_len": int(config.get("max_position_embeddings", 512)),
+        "max_len": int(config.get("max_position_embeddings", 512)) - _position_offset(config),
         "position": "learned",
         "causal": False,
         "tie_embeddings": bool(config.get("tie_word_embeddings", True)),
@@ -304,6 +310,15 @@ _BERT_MLM_HEAD = (
     ("cls.predictions.bias", "head.decoder.bias"),
 )
 _BERT_POOLER = (("pooler.dense.weight", "pooler.dense.weight"), ("pooler.dense.bias", "pooler.dense.bias"))
+# RoBERTa's names for the same tensors: its classifier's dense + tanh on <s> is BERT's pooler under another name.
+_ROBERTA_NAMES = {
+    "lm_head.dense.": "cls.predictions.transform.dense.",
+    "lm_head.layer_norm.": "cls.predictions.transform.LayerNorm.",
+    "lm_head.decoder.": "cls.predictions.decoder.",
+    "lm_head.bias": "cls.predictions.bias",
+    "classifier.dense.": "pooler.dense.",
+    "classifier.out_proj.": "classifier.",
+}
 
 
 def _take(weights: dict[str, Tensor], key: str, name: str = "checkpoint") -> Tensor:
@@ -312,10 +327,21 @@ def _take(weights: dict[str, Tensor], key: str, name: str = "checkpoint") -> Ten
     return weights[key]
 
 
+def _renamed(key: str) -> str:
+    for theirs, ours in _ROBERTA_NAMES.items():
+        if key.startswith(theirs):
+            return ours + key.removeprefix(theirs)
+    return key
+
+
 def _bert_from_hf(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``(state dict of a LanguageModel, extra: BERT's pooler and classifier when present)``."""
     weights = _strip(raw)
+    if config.get("model_type") == "roberta":
+        weights = {_renamed(key): value for key, value in weights.items()}
     state = {ours: _take(weights, theirs) for theirs, ours in _bert_pairs(int(config["num_hidden_layers"]))}
+    key = "backbone.embeddings.position.weight"
+    state[key] = state[key][_position_offset(config) :]
     for theirs, ours in _BERT_MLM_HEAD:
         if theirs in weights:
             state[ours] = weights[theirs]

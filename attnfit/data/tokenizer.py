@@ -31,7 +31,7 @@ _ROLE_ALIASES = {
     "bos": ("<bos>", "<s>", "[CLS]", "<|endoftext|>"),
     "eos": ("<eos>", "</s>", "[SEP]", "<|endoftext|>"),
     "mask": ("<mask>", "[MASK]"),
-    "sep": ("<sep>", "[SEP]", "</s>"),
+    "sep": ("<sep>", "[SEP]", "</s>", "<|endoftext|>"),
     "cls": ("<cls>", "[CLS]", "<s>", "<|endoftext|>"),
 }
 

@@ -62,6 +62,26 @@ def _byte_bpe() -> object:
     )
 
 
+def _roberta_bpe() -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=290, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    from transformers import RobertaTokenizerFast
+
+    return RobertaTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+    )  # fmt: skip
+
+
 def _scramble(model: torch.nn.Module) -> None:
     """Every weight random and of order one (norms, biases included): a mapping error cannot hide behind the
     default init's zeros and ones."""
@@ -84,6 +104,25 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = BertForPreTraining(config).eval()  # with the pooler, as published BERT checkpoints are
     _scramble(model)
     out = tmp_path_factory.mktemp("hf-bert")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = _roberta_bpe()
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=66, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=0, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(config).eval()
+    _scramble(model)
+    out = tmp_path_factory.mktemp("hf-roberta")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

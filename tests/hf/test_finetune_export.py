@@ -114,7 +114,12 @@ def test_push_to_hub_offline_mode_and_bad_repo_ids_are_one_line(tmp_path, monkey
 
 
 @pytest.mark.parametrize(
-    ("which", "auto"), [("bert_dir", "AutoModelForMaskedLM"), ("gpt2_dir", "AutoModelForCausalLM")]
+    ("which", "auto"),
+    [
+        ("bert_dir", "AutoModelForMaskedLM"),
+        ("roberta_dir", "AutoModelForMaskedLM"),
+        ("gpt2_dir", "AutoModelForCausalLM"),
+    ],
 )
 def test_language_models_export_with_the_same_logits(which, auto, request, tmp_path):
     directory = request.getfixturevalue(which)

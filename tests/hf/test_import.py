@@ -36,12 +36,14 @@ def _close_where_real(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tens
     torch.testing.assert_close(ours[real], theirs[real], atol=TOL, rtol=TOL)
 
 
-def test_bert_mlm_logits_and_hidden_states_equal_transformers(bert_dir):
-    from transformers import BertForMaskedLM
+@pytest.mark.parametrize("which", ["bert_dir", "roberta_dir"])
+def test_bert_mlm_logits_and_hidden_states_equal_transformers(which, request):
+    from transformers import AutoModelForMaskedLM
 
-    hf = BertForMaskedLM.from_pretrained(str(bert_dir)).eval()
-    model, _ = attnfit.load_pretrained(bert_dir)
-    ids, mask = _batch(bert_dir)
+    directory = request.getfixturevalue(which)
+    hf = AutoModelForMaskedLM.from_pretrained(str(directory)).eval()
+    model, _ = attnfit.load_pretrained(directory)
+    ids, mask = _batch(directory)
     with torch.no_grad():
         theirs = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         hidden, _ = model.backbone(ids, mask == 0)
@@ -66,7 +68,7 @@ def test_gpt2_clm_logits_and_hidden_states_equal_transformers(gpt2_dir):
     _close_where_real(logits, theirs.logits, mask)
 
 
-@pytest.mark.parametrize("which", ["bert_dir", "gpt2_dir"])
+@pytest.mark.parametrize("which", ["bert_dir", "roberta_dir", "gpt2_dir"])
 def test_tokenizer_ids_equal_transformers(which, request):
     from transformers import AutoTokenizer
 
@@ -87,7 +89,9 @@ def test_bert_pooler_travels_with_the_import(bert_dir):
 def test_unsupported_model_type_is_one_line(tmp_path, bert_dir):
     config = json.loads((bert_dir / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-    with pytest.raises(ConfigError, match=r"model_type='llama' cannot be imported; supported model types: bert, gpt2"):
+    with pytest.raises(
+        ConfigError, match=r"model_type='llama' cannot be imported; supported model types: bert, roberta, gpt2"
+    ):
         load_artifact(tmp_path)
 
 
