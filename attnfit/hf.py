@@ -100,6 +100,8 @@ def import_hf(path: str | Path) -> Any:
     if model_type in BERT_FAMILY:
         model_config, state, extra = _bert_config(config, name), *_bert_from_hf(weights, config)
         task = "mlm"
+        if model_config["type_vocab_size"] > 1:  # pairs: the second segment is type 1, as the tokenizer marks it
+            model_config["segment_sep_id"] = _special_id(tokenizer_json, ("[SEP]", "</s>"))
     else:
         model_config, state, extra = _gpt2_config(config, name), *_gpt2_from_hf(weights, config)
         task = "clm"
@@ -118,6 +120,13 @@ def import_hf(path: str | Path) -> Any:
     )
     log.info("imported %s (%s, %s) as an attnfit %s model", name, model_type, architecture or "base model", task)
     return Artifact(record, state, directory, extra=extra)
+
+
+def _special_id(tokenizer_json: str, names: tuple[str, ...]) -> int | None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    return next((i for i in map(tok.token_to_id, names) if i is not None), None)
 
 
 def _first_line(error: BaseException) -> str:

@@ -85,6 +85,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     pad_id: int = 0
     type_vocab_size: int = 0  # BERT's token-type (segment) embeddings; 0: none
+    segment_sep_id: int | None = None  # token types from the ids: type 1 after the first of these separators
     embed_norm: bool = False  # a LayerNorm (and dropout) on the summed embeddings, as BERT has
     head_bias: bool = True  # the LM head's output bias (GPT-2 has none)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

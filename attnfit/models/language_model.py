@@ -58,6 +58,9 @@ class Backbone(nn.Module):
         """Returns hidden states and, when ``need_weights``, one ``(B, H, T, T)`` map per attention layer.
         ``positions (B, T)``: per-row position ids (left-padded prompts); default ``0 … T-1``.
         ``token_type_ids (B, T)``: segment ids of a model with token types (BERT); default all 0."""
+        sep = self.config.segment_sep_id
+        if token_type_ids is None and sep is not None:  # BERT's sentence pairs: [CLS] a [SEP] (type 0) b [SEP] (1)
+            token_type_ids = segments(input_ids, sep, self.config.pad_id)
         # Only pass what is given: ELECTRA's generator swaps in embeddings that take ids alone.
         extra = {k: v for k, v in (("positions", positions), ("token_type_ids", token_type_ids)) if v is not None}
         x = self.embeddings(input_ids, **extra)
@@ -209,6 +212,13 @@ class LanguageModel(nn.Module):
         steps = self.stream(input_ids, max_new_tokens, sampling, padding_mask, eos_id, None, generator, use_cache)
         new = [token[:, None] for token in steps]
         return torch.cat([input_ids, *new], dim=1)
+
+
+def segments(input_ids: Tensor, sep_id: int, pad_id: int) -> Tensor:
+    """Token types ``(B, T)``: 1 after the first ``sep_id`` of a row (padding: 0), as BERT's tokenizer sets them
+    for ``[CLS] a [SEP] b [SEP]``, so a pair task needs no separate token-type input."""
+    is_sep = (input_ids == sep_id).long()
+    return ((is_sep.cumsum(1) - is_sep).clamp(max=1) * (input_ids != pad_id)).long()
 
 
 def positions(padding_mask: Tensor) -> Tensor:

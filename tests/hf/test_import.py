@@ -52,6 +52,20 @@ def test_bert_mlm_logits_and_hidden_states_equal_transformers(which, request):
     _close_where_real(logits, theirs.logits, mask)
 
 
+def test_bert_sentence_pairs_get_their_token_types(bert_dir):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    hf = BertForMaskedLM.from_pretrained(str(bert_dir)).eval()
+    model, _ = attnfit.load_pretrained(bert_dir)
+    encoded = AutoTokenizer.from_pretrained(str(bert_dir))(TEXTS[:3], TEXTS[2:], padding=True, return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    assert encoded["token_type_ids"].any()
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=encoded["token_type_ids"]).logits
+        ours = model(ids, mask == 0)  # token types derived from the [SEP] positions
+    _close_where_real(ours, theirs, mask)
+
+
 def test_gpt2_clm_logits_and_hidden_states_equal_transformers(gpt2_dir):
     from transformers import GPT2LMHeadModel
 
