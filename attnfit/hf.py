@@ -23,7 +23,9 @@ from attnfit.errors import CheckpointError, ConfigError
 log = logging.getLogger("attnfit")
 
 PREFIX = "hf:"
-BERT_FAMILY = ("bert", "roberta")  # RoBERTa: BERT's layers; positions offset by its padding id, other head names
+# RoBERTa: BERT's layers, positions offset by its padding id, other names; DistilBERT: BERT's layers renamed, no
+# token types or pooler.
+BERT_FAMILY = ("bert", "roberta", "distilbert")
 GPT2_FAMILY = ("gpt2",)
 SUPPORTED = (*BERT_FAMILY, *GPT2_FAMILY)
 # Only what an import reads: weights, config, tokenizer (older repos also hold TF/Flax weights, skipped).
@@ -38,7 +40,12 @@ _DOWNLOAD = [
     "vocab.json",
     "merges.txt",
 ]
-_HEAD_PREFIXES = ("bert.", "roberta.", "transformer.")  # the base model's prefix inside a model-with-head checkpoint
+_HEAD_PREFIXES = (
+    "bert.",
+    "roberta.",
+    "distilbert.",
+    "transformer.",
+)  # the base model's prefix inside a model-with-head checkpoint
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
@@ -95,6 +102,8 @@ def import_hf(path: str | Path) -> Any:
         )
     weights = _read_weights(directory)
     tokenizer_json = _read_tokenizer(directory)
+    if model_type == "distilbert":
+        config = _distilbert_as_bert(config, name)
     architecture = (config.get("architectures") or [""])[0]
     classifier = architecture.endswith("ForSequenceClassification")
     if model_type in BERT_FAMILY:
@@ -195,6 +204,44 @@ def _activation(act: str, name: str) -> str:
     if act not in _ACTIVATIONS:
         raise ConfigError(f"{name}: activation {act!r} has no attnfit equivalent; supported: {', '.join(_ACTIVATIONS)}")
     return _ACTIVATIONS[act]
+
+
+_DISTILBERT_CONFIG = {
+    "dim": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "hidden_dim": "intermediate_size",
+    "activation": "hidden_act",
+    "dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
+    "seq_classif_dropout": "classifier_dropout",
+}
+_DISTILBERT_NAMES = (  # DistilBERT's tensor names → BERT's (after the distilbert. prefix is gone)
+    ("transformer.layer.", "encoder.layer."),
+    (".attention.q_lin.", ".attention.self.query."),
+    (".attention.k_lin.", ".attention.self.key."),
+    (".attention.v_lin.", ".attention.self.value."),
+    (".attention.out_lin.", ".attention.output.dense."),
+    (".sa_layer_norm.", ".attention.output.LayerNorm."),
+    (".ffn.lin1.", ".intermediate.dense."),
+    (".ffn.lin2.", ".output.dense."),
+    (".output_layer_norm.", ".output.LayerNorm."),
+    ("vocab_transform.", "cls.predictions.transform.dense."),
+    ("vocab_layer_norm.", "cls.predictions.transform.LayerNorm."),
+    ("vocab_projector.weight", "cls.predictions.decoder.weight"),
+    ("vocab_projector.bias", "cls.predictions.bias"),
+)
+
+
+def _distilbert_as_bert(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """DistilBERT's config in BERT's keys: the same post-norm layers, no token types, LayerNorm eps 1e-12."""
+    if (config.get("architectures") or [""])[0].endswith("ForSequenceClassification"):
+        raise ConfigError(
+            f"{name}: DistilBertForSequenceClassification's ReLU pre-classifier has no attnfit equivalent; "
+            "fine-tune its base model instead (a DistilBERT masked LM or DistilBertModel checkpoint)"
+        )
+    renamed = {_DISTILBERT_CONFIG.get(key, key): value for key, value in config.items()}
+    return {**renamed, "type_vocab_size": 0, "layer_norm_eps": 1e-12}
 
 
 def _position_offset(config: dict[str, Any]) -> int:
@@ -348,7 +395,13 @@ def _bert_from_hf(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[
     weights = _strip(raw)
     if config.get("model_type") == "roberta":
         weights = {_renamed(key): value for key, value in weights.items()}
-    state = {ours: _take(weights, theirs) for theirs, ours in _bert_pairs(int(config["num_hidden_layers"]))}
+    if config.get("model_type") == "distilbert":
+        for theirs, ours in _DISTILBERT_NAMES:
+            weights = {key.replace(theirs, ours): value for key, value in weights.items()}
+    pairs = _bert_pairs(int(config["num_hidden_layers"]))
+    if not config.get("type_vocab_size", 2):
+        pairs = (pair for pair in pairs if "token_type" not in pair[1])
+    state = {ours: _take(weights, theirs) for theirs, ours in pairs}
     key = "backbone.embeddings.position.weight"
     state[key] = state[key][_position_offset(config) :]
     for theirs, ours in _BERT_MLM_HEAD:
@@ -467,7 +520,6 @@ def transformers_target(record: Any) -> tuple[str, str]:
             (enc.norm != "post", "encoder.norm=pre (BERT is post-norm)"),
             (enc.final_norm, "encoder.final_norm=true (BERT has no final norm)"),
             (not config.embed_norm, "model.embed_norm=false (BERT normalises its embeddings)"),
-            (config.type_vocab_size < 1, "model.type_vocab_size=0 (BERT has token types)"),
         ]
         pooling = (record.head_config or {}).get("pooling")
         if record.task == "classification" and pooling != "pooler":
@@ -491,7 +543,7 @@ def _bert_hf_config(config: Any, record: Any) -> dict[str, Any]:
         "hidden_dropout_prob": enc.dropout,
         "attention_probs_dropout_prob": config.attention.dropout,
         "max_position_embeddings": config.max_len,
-        "type_vocab_size": config.type_vocab_size,
+        "type_vocab_size": max(1, config.type_vocab_size),  # none (DistilBERT): one row of zeros adds nothing
         "layer_norm_eps": enc.norm_eps,
         "pad_token_id": config.pad_id,
         "tie_word_embeddings": config.tie_embeddings,
@@ -517,7 +569,10 @@ def _gpt2_hf_config(config: Any, record: Any) -> dict[str, Any]:
 
 
 def _bert_to_hf(state: dict[str, Tensor], config: Any, task: str) -> dict[str, Tensor]:
-    out = {f"bert.{theirs}": state[ours] for theirs, ours in _bert_pairs(config.encoder.num_layers)}
+    zeros = {"backbone.embeddings.token_type.weight": torch.zeros(1, config.dim)}
+    out = {
+        f"bert.{theirs}": state.get(ours, zeros.get(ours)) for theirs, ours in _bert_pairs(config.encoder.num_layers)
+    }
     if task == "mlm":
         for theirs, ours in _BERT_MLM_HEAD:
             if ours in state:

@@ -110,6 +110,24 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def distilbert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    tokenizer = _wordpiece()
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = DistilBertForMaskedLM(config).eval()
+    _scramble(model)
+    out = tmp_path_factory.mktemp("hf-distilbert")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import RobertaConfig, RobertaForMaskedLM
 

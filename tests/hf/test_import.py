@@ -36,7 +36,7 @@ def _close_where_real(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tens
     torch.testing.assert_close(ours[real], theirs[real], atol=TOL, rtol=TOL)
 
 
-@pytest.mark.parametrize("which", ["bert_dir", "roberta_dir"])
+@pytest.mark.parametrize("which", ["bert_dir", "roberta_dir", "distilbert_dir"])
 def test_bert_mlm_logits_and_hidden_states_equal_transformers(which, request):
     from transformers import AutoModelForMaskedLM
 
@@ -104,7 +104,8 @@ def test_unsupported_model_type_is_one_line(tmp_path, bert_dir):
     config = json.loads((bert_dir / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     with pytest.raises(
-        ConfigError, match=r"model_type='llama' cannot be imported; supported model types: bert, roberta, gpt2"
+        ConfigError,
+        match=r"model_type='llama' cannot be imported; supported model types: bert, roberta, distilbert, gpt2",
     ):
         load_artifact(tmp_path)
 
