@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Café déjà vu: naïve résumé!",
