@@ -114,3 +114,23 @@ def test_import_attnfit_does_not_import_transformers():
     code = "import sys, attnfit, attnfit.hf; print('transformers' in sys.modules, 'huggingface_hub' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_hub_name_offline_and_uncached_is_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from attnfit.errors import CheckpointError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"cannot download someone/tiny-bert from the Hugging Face Hub") as error:
+        load_artifact("hf:someone/tiny-bert")
+    assert "\n" not in str(error.value)
+
+
+def test_classifier_pooling_defaults_to_berts_pooler_only_for_an_imported_bert(bert_dir, gpt2_dir):
+    from attnfit.tasks.classification import default_pooling
+
+    assert default_pooling(load_artifact(bert_dir)) == "pooler"
+    assert default_pooling(load_artifact(gpt2_dir)) == "attention"
+    assert default_pooling(None) == "attention"
