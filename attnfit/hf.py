@@ -80,7 +80,10 @@ def resolve_source(path: str | Path) -> tuple[Path, str, bool]:
     except ImportError:
         raise ConfigError(f"{text} needs huggingface_hub: pip install 'attnfit[hf]'") from None
     try:
-        return Path(snapshot_download(repo_id=name, allow_patterns=_DOWNLOAD)), name, True
+        directory = Path(snapshot_download(repo_id=name, allow_patterns=_DOWNLOAD))
+        if not any(directory.glob("*.safetensors")):  # an older repository: PyTorch weights only
+            directory = Path(snapshot_download(repo_id=name, allow_patterns=["pytorch_model.bin"]))
+        return directory, name, True
     except Exception as error:  # offline, unknown repository, gated model: one line, not a traceback
         raise CheckpointError(f"cannot download {name} from the Hugging Face Hub: {_first_line(error)}") from None
 
