@@ -444,9 +444,6 @@ def _gpt2_from_hf(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[
     extra = {}
     if "lm_head.weight" in raw:
         state["head.decoder.weight"] = raw["lm_head.weight"]
-    if "score.weight" in raw:  # GPT2ForSequenceClassification: no bias
-        extra["head.weight"] = raw["score.weight"]
-        extra["head.bias"] = torch.zeros(raw["score.weight"].shape[0], dtype=raw["score.weight"].dtype)
     return state, extra
 
 
@@ -468,20 +465,23 @@ def _complete_lm_head(model_config: dict[str, Any], state: dict[str, Tensor], na
 def _as_classifier(
     config: dict[str, Any], model_type: str, state: dict[str, Tensor], extra: dict[str, Tensor]
 ) -> tuple[str, dict[str, Tensor], dict[str, Any], list[str]]:
-    """A ``*ForSequenceClassification`` checkpoint: backbone + (BERT) pooler + head, labels from ``id2label``."""
+    """A BERT/RoBERTa ``*ForSequenceClassification`` checkpoint: backbone + pooler + head, labels from
+    ``id2label``."""
     id2label = config.get("id2label") or {}
+    if model_type not in BERT_FAMILY:  # it reads the last token that is not its pad (= end-of-text) token
+        raise ConfigError(
+            "GPT2ForSequenceClassification cannot be imported (its last-non-pad-token pooling has no attnfit "
+            "equivalent); import the GPT-2 language model and fine-tune it with task=classification"
+        )
     num_labels = len(id2label) or int(config.get("num_labels", 2))
     labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels)]
-    if "head.weight" not in extra:
-        raise CheckpointError("a sequence-classification checkpoint without its classifier weights")
-    bert = model_type in BERT_FAMILY
-    dropout = config.get("classifier_dropout") if bert else config.get("summary_first_dropout")
+    if "head.weight" not in extra or "pooler.dense.weight" not in extra:
+        raise CheckpointError("a sequence-classification checkpoint without its pooler or classifier weights")
+    dropout = config.get("classifier_dropout")
     dropout = float(dropout if dropout is not None else config.get("hidden_dropout_prob", 0.1))
-    head = {"num_labels": num_labels, "pooling": "pooler" if bert else "last", "dropout": dropout}
+    head = {"num_labels": num_labels, "pooling": "pooler", "dropout": dropout}
     backbone = {key: value for key, value in state.items() if key.startswith("backbone.")}
     classifier = {**backbone, **extra}
-    if bert and "pooler.dense.weight" not in classifier:
-        raise CheckpointError("a BERT sequence-classification checkpoint without its pooler weights")
     return "classification", classifier, head, labels
 
 

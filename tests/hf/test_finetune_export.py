@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+import attnfit
 from attnfit.data.classification import encode_for_classification
 from attnfit.errors import ConfigError
 from attnfit.hf import export_transformers, transformers_target
@@ -66,6 +67,11 @@ def test_finetuned_classifier_exports_to_auto_model_for_sequence_classification(
         got = theirs(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
     assert theirs.config.id2label == dict(enumerate(artifact.label_names))
+    # …and the exported BertForSequenceClassification imports back into attnfit as the same classifier.
+    back = attnfit.load_pretrained(out)
+    assert back.record.task == "classification" and back.record.label_names == artifact.label_names
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(ids, mask == 0).logits, expected, atol=TOL, rtol=TOL)
 
     # The model card carries the run's real metrics, in its text and in the Hub's model-index block.
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -134,3 +134,28 @@ def test_classifier_pooling_defaults_to_berts_pooler_only_for_an_imported_bert(b
     assert default_pooling(load_artifact(bert_dir)) == "pooler"
     assert default_pooling(load_artifact(gpt2_dir)) == "attention"
     assert default_pooling(None) == "attention"
+
+
+def test_a_roberta_sequence_classifier_imports_with_the_same_logits(tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from tests.hf.conftest import _roberta_bpe, _scramble
+
+    tokenizer = _roberta_bpe()
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=66, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id, num_labels=3,
+        id2label={0: "neg", 1: "neutral", 2: "pos"}, label2id={"neg": 0, "neutral": 1, "pos": 2},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = RobertaForSequenceClassification(config).eval()
+    _scramble(hf)
+    hf.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = attnfit.load_pretrained(tmp_path)
+    assert loaded.record.task == "classification" and loaded.record.label_names == ["neg", "neutral", "pos"]
+    ids, mask = _batch(tmp_path)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+        got = loaded.model(ids, mask == 0).logits
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
