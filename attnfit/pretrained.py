@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class ModelRecord:
     decode: dict[str, Any] | None = None  # seq2seq / qa decoding settings of the training run
     metric: str | None = None  # seq2seq: bleu | rouge
     run_config: dict[str, Any] | None = None  # the training run's resolved config
+    hf: dict[str, Any] | None = None  # imported from Hugging Face: model_type, source, architecture
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (loads with ``weights_only=True``); tokenizers under their on-disk names."""
@@ -97,6 +98,9 @@ class Artifact:
     record: ModelRecord
     state_dict: dict[str, Tensor]
     source: Path
+    # Tensors of an imported checkpoint that its task's model has no place for (BERT's pooler), kept for a
+    # fine-tuned head that has: ``pooler.dense.weight`` …
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -183,7 +187,13 @@ def newest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, list[str]]:
 
 
 def load_artifact(path: str | Path) -> Artifact:
-    """Read a run directory, ``.ckpt`` file or exported directory; never unpickles arbitrary objects."""
+    """Read a run directory, ``.ckpt`` file or exported directory; never unpickles arbitrary objects.
+
+    ``hf:NAME`` or a directory in Hugging Face's format is imported (BERT, GPT-2; see :mod:`attnfit.hf`)."""
+    from attnfit.hf import import_hf, is_hf_source
+
+    if is_hf_source(path):
+        return import_hf(path)
     path = resolve_checkpoint(path)
     if path.is_dir():
         return _load_export(path)
@@ -314,7 +324,8 @@ class Pretrained:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """``model, tokenizer = attnfit.load_pretrained(path)`` for an exported directory, run directory or ``.ckpt``.
+    """``model, tokenizer = attnfit.load_pretrained(path)`` for an exported directory, run directory or ``.ckpt``,
+    or a Hugging Face BERT / GPT-2 checkpoint (``hf:bert-base-uncased`` or its local directory).
 
     The model is in eval mode; the tokenizer is a ``tokenizers.Tokenizer``. Keep the whole result to reach the
     record and, for seq2seq, the target tokenizer."""

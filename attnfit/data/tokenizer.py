@@ -26,13 +26,13 @@ TOKENIZER_VERSION = 1  # bump when training changes, so cached tokenizers are re
 
 # Role -> token strings tried in order; the later ones cover common pretrained tokenizers (GPT-2, BERT, T5).
 _ROLE_ALIASES = {
-    "pad": ("<pad>", "[PAD]"),
+    "pad": ("<pad>", "[PAD]", "<|endoftext|>"),  # GPT-2 has no padding token: its end of text pads
     "unk": ("<unk>", "[UNK]", "<|endoftext|>"),
     "bos": ("<bos>", "<s>", "[CLS]", "<|endoftext|>"),
     "eos": ("<eos>", "</s>", "[SEP]", "<|endoftext|>"),
     "mask": ("<mask>", "[MASK]"),
-    "sep": ("<sep>", "[SEP]", "</s>"),
-    "cls": ("<cls>", "[CLS]", "<s>"),
+    "sep": ("<sep>", "[SEP]", "</s>", "<|endoftext|>"),
+    "cls": ("<cls>", "[CLS]", "<s>", "<|endoftext|>"),
 }
 
 

@@ -17,13 +17,13 @@ from attnfit.models.attention import AttentionPooling
 from attnfit.models.config import ModelConfig, _at_least, _probability, from_dict
 from attnfit.models.language_model import Backbone, init_weights
 
-POOLINGS = ("attention", "cls", "mean", "last")
+POOLINGS = ("attention", "cls", "mean", "last", "pooler")
 
 
 @dataclass
 class ClassifierConfig:
     num_labels: int
-    pooling: str = "attention"  # attention | cls | mean | last (last suits causal backbones)
+    pooling: str = "attention"  # attention | cls | mean | last (causal backbones) | pooler (BERT's dense+tanh on cls)
     dropout: float = 0.1  # on the pooled vector, before the head
 
     def __post_init__(self) -> None:
@@ -50,8 +50,20 @@ def _one_hot_at(index: Tensor, length: int, dtype: torch.dtype) -> Tensor:
     return nn.functional.one_hot(index, length).to(dtype)
 
 
+class DensePooler(nn.Module):
+    """BERT's pooler: ``tanh(W·h_cls + b)``, the first real position's hidden state through a dense layer."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, hidden: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        cls, weights = pool(hidden, padding_mask, "cls")
+        return torch.tanh(self.dense(cls)), weights
+
+
 def pool(
-    hidden: Tensor, padding_mask: Tensor | None, pooling: str, pooler: AttentionPooling | None = None
+    hidden: Tensor, padding_mask: Tensor | None, pooling: str, pooler: nn.Module | None = None
 ) -> tuple[Tensor, Tensor]:
     """``hidden (B, T, D)`` → ``(pooled (B, D), weights (B, T))``; padding (True in the mask) never contributes.
 
@@ -59,8 +71,8 @@ def pool(
     """
     B, T, _ = hidden.shape
     real = torch.ones(B, T, dtype=torch.bool, device=hidden.device) if padding_mask is None else ~padding_mask
-    if pooling == "attention":
-        assert pooler is not None, "attention pooling needs an AttentionPooling module"
+    if pooling in ("attention", "pooler"):
+        assert pooler is not None, f"{pooling} pooling needs its pooling module"
         return pooler(hidden, padding_mask)
     if pooling == "mean":
         weights = real.to(hidden.dtype) / real.sum(1, keepdim=True).clamp(min=1).to(hidden.dtype)
@@ -85,7 +97,8 @@ class SequenceClassifier(nn.Module):
         self.backbone_config, self.config = backbone_config, config
         dim = backbone_config.dim
         self.backbone = Backbone(backbone_config)
-        self.pooler = AttentionPooling(dim) if config.pooling == "attention" else None
+        poolers = {"attention": AttentionPooling, "pooler": DensePooler}
+        self.pooler = poolers[config.pooling](dim) if config.pooling in poolers else None
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(dim, config.num_labels)
         # Initialise the backbone as the LM does; pooler and head separately, so a later

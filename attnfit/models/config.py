@@ -18,6 +18,8 @@ from attnfit.models.attention import ATTENTION_TYPES, SCORES
 ENCODERS = ("lstm", "gru", "cnn", "transformer")
 ATTENTIONS = ATTENTION_TYPES  # one registry: attnfit.models.attention
 POSITIONS = ("auto", "learned", "sinusoidal", "none")
+NORMS = ("pre", "post")  # pre: x + f(LN(x)) (stable from scratch); post: LN(x + f(x)) (BERT)
+ACTIVATIONS = ("gelu", "gelu_tanh")  # exact erf GELU; GPT-2's tanh approximation
 
 T = TypeVar("T")
 
@@ -52,9 +54,20 @@ class EncoderConfig:
     attention_layers: int = 1  # rnn/cnn: attention layers of the chosen type on top (0: none)
     ffn_mult: int = 4  # feed-forward width = ffn_mult · dim
     dropout: float = 0.0  # as configs/encoder/*.yaml: raise for small data or long training
+    # Transformer layer options; the defaults are attnfit's own layer, other values reproduce imported
+    # checkpoints exactly (BERT: norm=post, final_norm=false, norm_eps=1e-12; GPT-2: activation=gelu_tanh).
+    norm: str = "pre"  # pre | post layer norm
+    activation: str = "gelu"  # gelu | gelu_tanh (feed-forward and the MLM head transform)
+    norm_eps: float = 1e-5  # every LayerNorm of the backbone and the LM head
+    final_norm: bool = True  # a LayerNorm after the last layer (pre-norm stacks need one)
+    bias: bool = True  # biases in the attention projections, feed-forward and layer norms
 
     def __post_init__(self) -> None:
         check_choice("encoder", self.name, ENCODERS)
+        check_choice("encoder.norm", self.norm, NORMS)
+        check_choice("encoder.activation", self.activation, ACTIVATIONS)
+        if not 0.0 < self.norm_eps < 1.0:
+            raise ConfigError(f"encoder.norm_eps={self.norm_eps} must be in (0, 1)")
         _at_least("encoder.num_layers", self.num_layers, 1)
         _at_least("encoder.kernel_size", self.kernel_size, 1)
         _at_least("encoder.attention_layers", self.attention_layers, 0)
@@ -71,6 +84,10 @@ class ModelConfig:
     causal: bool = False  # causal LM and decoders: no position sees a later one
     tie_embeddings: bool = True
     pad_id: int = 0
+    type_vocab_size: int = 0  # BERT's token-type (segment) embeddings; 0: none
+    segment_sep_id: int | None = None  # token types from the ids: type 1 after the first of these separators
+    embed_norm: bool = False  # a LayerNorm (and dropout) on the summed embeddings, as BERT has
+    head_bias: bool = True  # the LM head's output bias (GPT-2 has none)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
@@ -79,6 +96,7 @@ class ModelConfig:
         _at_least("model.dim", self.dim, 1)
         _at_least("model.max_len", self.max_len, 1)
         check_choice("model.position", self.position, POSITIONS)
+        _at_least("model.type_vocab_size", self.type_vocab_size, 0)
         if self.dim % self.attention.num_heads:
             raise ConfigError(
                 f"attention.num_heads={self.attention.num_heads} does not divide model.dim={self.dim}; "

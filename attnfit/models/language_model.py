@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from attnfit.models.config import ModelConfig
 from attnfit.models.embeddings import Embeddings
 from attnfit.models.encoders import build_encoder
+from attnfit.models.encoders.layers import activation
 from attnfit.models.sampling import Sampling, next_token
 
 
@@ -41,6 +42,8 @@ class Backbone(nn.Module):
             config.pad_id,
             config.encoder.dropout,
             scale=config.dim**0.5 if rnn else 1.0,
+            type_vocab_size=config.type_vocab_size,
+            norm_eps=config.encoder.norm_eps if config.embed_norm else None,
         )
         self.encoder = build_encoder(config)
 
@@ -50,21 +53,37 @@ class Backbone(nn.Module):
         padding_mask: Tensor | None = None,
         need_weights: bool = False,
         positions: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Returns hidden states and, when ``need_weights``, one ``(B, H, T, T)`` map per attention layer.
-        ``positions (B, T)``: per-row position ids (left-padded prompts); default ``0 … T-1``."""
-        # Only ask for positions when given: ELECTRA's generator swaps in embeddings that take ids alone.
-        x = self.embeddings(input_ids) if positions is None else self.embeddings(input_ids, positions=positions)
+        ``positions (B, T)``: per-row position ids (left-padded prompts); default ``0 … T-1``.
+        ``token_type_ids (B, T)``: segment ids of a model with token types (BERT); default all 0."""
+        sep = self.config.segment_sep_id
+        if token_type_ids is None and sep is not None:  # BERT's sentence pairs: [CLS] a [SEP] (type 0) b [SEP] (1)
+            token_type_ids = segments(input_ids, sep, self.config.pad_id)
+        # Only pass what is given: ELECTRA's generator swaps in embeddings that take ids alone.
+        extra = {k: v for k, v in (("positions", positions), ("token_type_ids", token_type_ids)) if v is not None}
+        x = self.embeddings(input_ids, **extra)
         return self.encoder(x, padding_mask, self.config.causal, need_weights)
 
 
 class LMHead(nn.Module):
     """Vocabulary logits. The MLM head adds BERT's ``Linear → GELU → LayerNorm`` transform first."""
 
-    def __init__(self, dim: int, vocab_size: int, transform: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        vocab_size: int,
+        transform: bool,
+        act: str = "gelu",
+        eps: float = 1e-5,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
-        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim)) if transform else None
-        self.decoder = nn.Linear(dim, vocab_size)
+        self.transform = (
+            nn.Sequential(nn.Linear(dim, dim), activation(act), nn.LayerNorm(dim, eps=eps)) if transform else None
+        )
+        self.decoder = nn.Linear(dim, vocab_size, bias=bias)
 
     def forward(self, hidden: Tensor) -> Tensor:
         if self.transform is not None:
@@ -79,7 +98,10 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = Backbone(config)
-        self.head = LMHead(config.dim, config.vocab_size, transform=not config.causal)
+        enc = config.encoder
+        self.head = LMHead(
+            config.dim, config.vocab_size, not config.causal, enc.activation, enc.norm_eps, config.head_bias
+        )
         self.apply(init_weights)
         if config.tie_embeddings:
             self.head.decoder.weight = self.backbone.embeddings.token.weight
@@ -190,6 +212,13 @@ class LanguageModel(nn.Module):
         steps = self.stream(input_ids, max_new_tokens, sampling, padding_mask, eos_id, None, generator, use_cache)
         new = [token[:, None] for token in steps]
         return torch.cat([input_ids, *new], dim=1)
+
+
+def segments(input_ids: Tensor, sep_id: int, pad_id: int) -> Tensor:
+    """Token types ``(B, T)``: 1 after the first ``sep_id`` of a row (padding: 0), as BERT's tokenizer sets them
+    for ``[CLS] a [SEP] b [SEP]``, so a pair task needs no separate token-type input."""
+    is_sep = (input_ids == sep_id).long()
+    return ((is_sep.cumsum(1) - is_sep).clamp(max=1) * (input_ids != pad_id)).long()
 
 
 def positions(padding_mask: Tensor) -> Tensor:

@@ -66,15 +66,21 @@ def check_finetune_options(cfg: DictConfig) -> None:
         raise ConfigError(f"finetune.head_lr={ft.head_lr} must be > 0")
 
 
-def finetuned_backbone(model: nn.Module, cfg: DictConfig, pretrained: Artifact | None) -> Any:
+def finetuned_backbone(
+    model: nn.Module, cfg: DictConfig, pretrained: Artifact | None, reused: tuple[str, ...] = ()
+) -> Any:
     """Load the pretrained backbone (unless ``finetune.from_scratch``), then apply the fine-tuning surgery.
+    ``reused``: head tensors the caller already loaded from ``pretrained`` (BERT's pooler), for the log.
 
     Returns the :class:`~attnfit.models.FinetunePlan` and logs what was loaded and what will train."""
     from attnfit.models import load_pretrained_backbone, prepare_for_finetuning
 
     finetune = container(cfg.get("finetune")) or {}
     if pretrained is not None and not finetune.get("from_scratch"):
-        log.info(load_pretrained_backbone(model, merged_state_dict(pretrained)).summary())
+        summary = load_pretrained_backbone(model, merged_state_dict(pretrained))
+        summary.loaded += list(reused)
+        summary.initialised = [key for key in summary.initialised if key not in reused]
+        log.info(summary.summary())
     elif pretrained is not None:
         log.info("finetune.from_scratch=true: every weight is newly initialised (baseline run)")
     plan = prepare_for_finetuning(model, finetune)
@@ -84,6 +90,31 @@ def finetuned_backbone(model: nn.Module, cfg: DictConfig, pretrained: Artifact |
     )
     log.info(f"trainable parameters: {trainable:,} of {total:,}" + (" (LoRA adapters and head)" if plan.lora else ""))
     return plan
+
+
+def default_pooling(pretrained: Artifact | None) -> str:
+    """``task.pooling=null``: BERT's own pooler for a model imported from BERT (so that a fine-tuned classifier
+    exports as ``BertForSequenceClassification``), attention pooling otherwise."""
+    from attnfit.hf import BERT_FAMILY
+
+    hf = pretrained.record.hf if pretrained is not None else None
+    return "pooler" if hf and hf.get("model_type") in BERT_FAMILY else "attention"
+
+
+def reuse_pooler(model: nn.Module, cfg: DictConfig, pretrained: Artifact | None) -> tuple[str, ...]:
+    """BERT's pretrained pooler (dense + tanh), when the import carried one, starts the ``pooler`` pooling;
+    returns the keys it loaded."""
+    import torch
+
+    if pretrained is None or model.config.pooling != "pooler" or (cfg.get("finetune") or {}).get("from_scratch"):
+        return ()
+    weights = {**pretrained.extra, **pretrained.state_dict}
+    keys = ("pooler.dense.weight", "pooler.dense.bias")
+    if not all(key in weights for key in keys):
+        return ()
+    with torch.no_grad():
+        model.pooler.load_state_dict({key.removeprefix("pooler."): weights[key] for key in keys})
+    return keys
 
 
 def finetune_optimization(cfg: DictConfig, plan: Any, total_steps: int) -> Any:
@@ -180,11 +211,12 @@ class Classification(Task):
 
         label_names = prepared.extra["label_names"]
         config = ModelConfig.from_dict(backbone_config(cfg, prepared.tokenizer, pretrained))
+        pooling = cfg.task.pooling or default_pooling(pretrained)
         head = ClassifierConfig.from_dict(
-            {"num_labels": len(label_names), "pooling": cfg.task.pooling, "dropout": cfg.task.dropout}
+            {"num_labels": len(label_names), "pooling": pooling, "dropout": cfg.task.dropout}
         )
         model = SequenceClassifier(config, head)
-        plan = finetuned_backbone(model, cfg, pretrained)
+        plan = finetuned_backbone(model, cfg, pretrained, reuse_pooler(model, cfg, pretrained))
         record = ModelRecord(
             "classification",
             config.to_dict(),
@@ -193,6 +225,7 @@ class Classification(Task):
             label_names=label_names,
             lora=plan.lora,
             run_config=run_config(cfg),
+            hf=pretrained.record.hf if pretrained is not None else None,
         )
         optimization = finetune_optimization(cfg, plan, total_steps)
         return ClassificationModule(model, record, optimization, class_weights=prepared.extra["class_weights"])

@@ -238,7 +238,9 @@ class MaskedLM(LanguageModeling):
         tokenizer = artifact.record.tokenizers()[0]
         mask_id = special_token_id(tokenizer, "mask")
         max_len, top = int(artifact.model_config["max_len"]), int(options.get("top_k") or 5)
-        rows = [tokenizer.encode(text, add_special_tokens=False).ids for text in inputs]
+        # An imported BERT was pretrained on [CLS] … [SEP]: its tokenizer's own template adds them.
+        special = bool(artifact.record.hf)
+        rows = [tokenizer.encode(text, add_special_tokens=special).ids for text in inputs]
         for text, ids in zip(inputs, rows, strict=True):
             if len(ids) > max_len:
                 raise DataError(

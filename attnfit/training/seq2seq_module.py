@@ -51,8 +51,11 @@ class Seq2SeqModule(TaskModule):
         self.target_tokenizer = record.tokenizers()[1]
         defaults = {"beam_size": 4, "length_penalty": 1.0, "max_len": 64, "val_beam_size": 1}
         self.decode_cfg = {**defaults, **(record.decode or {})}
-        self.bos_id = self.target_tokenizer.token_to_id("<bos>")
-        self.eos_id = self.target_tokenizer.token_to_id("<eos>")
+        # By role, as the data side finds them: an imported tokenizer names them [CLS]/[SEP] or <s>/</s>.
+        from attnfit.data import special_token_id
+
+        self.bos_id = special_token_id(self.target_tokenizer, "bos")
+        self.eos_id = special_token_id(self.target_tokenizer, "eos")
         if compile:
             self.model.encoder.compile()
 

@@ -94,7 +94,7 @@ def test_finetune_eval_predict_export_round_trip(run_cli, tmp_path, pretrained):
     # Export → load in one call → identical logits; and the export can be fine-tuned again.
     export_dir = tmp_path / "export"
     run_cli("export", f"checkpoint={run_dir}", f"out={export_dir}")
-    assert {p.name for p in export_dir.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
+    assert {p.name for p in export_dir.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json", "README.md"}
     exported, tokenizer = attnfit.load_pretrained(export_dir)
     original, _ = attnfit.load_pretrained(run_dir)
     ids = torch.tensor([tokenizer.encode("the cat sees the dogs .").ids])

@@ -161,7 +161,7 @@ def test_export_loads_and_decodes_like_the_checkpoint(run_cli, translation_run, 
 
     export_dir = tmp_path / "export"
     run_cli("export", f"checkpoint={translation_run}", f"out={export_dir}")
-    assert {p.name for p in export_dir.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
+    assert {p.name for p in export_dir.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json", "README.md"}
     config = json.loads((export_dir / "config.json").read_text())
     assert config["task"] == "seq2seq" and config["metric"] == "bleu" and config["decode"]["beam_size"] == 4
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from attnfit.models.attention import build_attention
+from attnfit.errors import ConfigError
+from attnfit.models.attention import SelfAttention, build_attention
 from attnfit.models.config import ModelConfig
 from attnfit.models.encoders.cnn import CNNEncoder
 from attnfit.models.encoders.layers import AttentionStack, FeedForward, TransformerLayer
@@ -15,15 +16,21 @@ from attnfit.models.encoders.transformer import TransformerEncoder
 def build_attention_stack(config: ModelConfig, num_layers: int) -> AttentionStack:
     """``num_layers`` transformer layers whose attention is the configured type."""
     att, enc = config.attention, config.encoder
+    if not enc.bias and att.name != "self":
+        raise ConfigError(f"encoder.bias=false needs attention=self, not attention={att.name}")
+
+    def attention() -> nn.Module:
+        if not enc.bias:
+            return SelfAttention(config.dim, att.num_heads, att.dropout, bias=False)
+        return build_attention(att.name, config.dim, att.num_heads, att.score, att.window, att.dropout)
+
     layers = [
         TransformerLayer(
-            build_attention(att.name, config.dim, att.num_heads, att.score, att.window, att.dropout),
-            enc.ffn_mult * config.dim,
-            enc.dropout,
+            attention(), enc.ffn_mult * config.dim, enc.dropout, enc.norm, enc.activation, enc.norm_eps, enc.bias
         )
         for _ in range(num_layers)
     ]
-    return AttentionStack(layers, config.dim)
+    return AttentionStack(layers, config.dim, enc.final_norm, enc.norm_eps, enc.bias)
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:

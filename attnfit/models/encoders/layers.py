@@ -1,4 +1,5 @@
-"""The pre-norm transformer layer, shared by the transformer encoder and the attention layers on RNN/CNN encoders."""
+"""The transformer layer (pre-norm by default, post-norm for BERT), shared by the transformer encoder and the
+attention layers on RNN/CNN encoders."""
 
 from __future__ import annotations
 
@@ -18,46 +19,73 @@ class EncoderCache:
     recurrent: Any = None  # RNN: its (h, c) or h; CNN: per conv block the last kernel_size - 1 inputs (B, k-1, D)
 
 
+def activation(name: str) -> nn.Module:
+    """``gelu`` (exact, erf) or ``gelu_tanh`` (the tanh approximation GPT-2 was trained with)."""
+    return nn.GELU(approximate="tanh") if name == "gelu_tanh" else nn.GELU()
+
+
 class FeedForward(nn.Sequential):
     """Position-wise ``Linear → GELU → Dropout → Linear``."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+    def __init__(self, dim: int, hidden: int, dropout: float, act: str = "gelu", bias: bool = True) -> None:
+        super().__init__(
+            nn.Linear(dim, hidden, bias=bias), activation(act), nn.Dropout(dropout), nn.Linear(hidden, dim, bias=bias)
+        )
 
 
 class TransformerLayer(nn.Module):
-    """``x + Attn(LN(x))`` then ``x + FFN(LN(x))``; the attention is whichever type was configured."""
+    """Pre-norm ``x + Attn(LN(x))`` then ``x + FFN(LN(x))``, or post-norm (BERT) ``LN(x + Attn(x))`` then
+    ``LN(x + FFN(x))``; the attention is whichever type was configured."""
 
-    def __init__(self, attention: MultiHeadAttention, ffn_dim: int, dropout: float) -> None:
+    def __init__(
+        self,
+        attention: MultiHeadAttention,
+        ffn_dim: int,
+        dropout: float,
+        norm: str = "pre",
+        act: str = "gelu",
+        eps: float = 1e-5,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         dim = attention.dim
-        self.attn_norm, self.attention = nn.LayerNorm(dim), attention
-        self.ffn_norm, self.ffn = nn.LayerNorm(dim), FeedForward(dim, ffn_dim, dropout)
+        self.post_norm = norm == "post"
+        self.attn_norm, self.attention = nn.LayerNorm(dim, eps=eps, bias=bias), attention
+        self.ffn_norm = nn.LayerNorm(dim, eps=eps, bias=bias)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, act, bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None, causal: bool, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        h = self.attn_norm(x)
+        h = x if self.post_norm else self.attn_norm(x)
         context, weights = self.attention(h, padding_mask=padding_mask, causal=causal, need_weights=need_weights)
+        return self._rest(x, context), weights
+
+    def _rest(self, x: Tensor, context: Tensor) -> Tensor:
+        """The residual around the attention output ``context``, then the feed-forward sublayer."""
+        if self.post_norm:
+            x = self.attn_norm(x + self.dropout(context))
+            return self.ffn_norm(x + self.dropout(self.ffn(x)))
         x = x + self.dropout(context)
-        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-        return x, weights
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
     def forward_cached(self, x: Tensor, padding_mask: Tensor | None, kv: tuple[Tensor, Tensor], start: int) -> Tensor:
         """Causal, incremental: ``x (B, t, D)`` are positions ``start … start+t-1``; their keys/values are written
         into the ``kv`` buffers, and they attend to every cached position. ``padding_mask (B, start+t)`` or None."""
-        x = x + self.dropout(self.attention.forward_cached(self.attn_norm(x), padding_mask, kv, start))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        h = x if self.post_norm else self.attn_norm(x)
+        return self._rest(x, self.attention.forward_cached(h, padding_mask, kv, start))
 
 
 class AttentionStack(nn.Module):
-    """Transformer layers applied in turn, with a final LayerNorm (pre-norm stacks need one)."""
+    """Transformer layers applied in turn, with a final LayerNorm (pre-norm stacks need one; BERT has none)."""
 
-    def __init__(self, layers: list[TransformerLayer], dim: int) -> None:
+    def __init__(
+        self, layers: list[TransformerLayer], dim: int, final_norm: bool = True, eps: float = 1e-5, bias: bool = True
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps, bias=bias) if final_norm else nn.Identity()
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None, causal: bool, need_weights: bool = False
