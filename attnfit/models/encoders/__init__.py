@@ -23,7 +23,7 @@ def build_attention_stack(config: ModelConfig, num_layers: int) -> AttentionStac
         )
         for _ in range(num_layers)
     ]
-    return AttentionStack(layers, config.dim)
+    return AttentionStack(layers, config.dim, checkpointing=config.activation_checkpointing)
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:
