@@ -64,3 +64,81 @@ def test_activation_checkpointing_only_while_training_with_gradients():
         a = model(ids)
     model.eval()
     torch.testing.assert_close(model(ids), a)  # eval and no_grad take the plain path: same outputs
+
+
+PUBLISHED = {  # parameters of the published models (Devlin et al. 2019; Radford et al. 2019)
+    "bert-base": ("mlm", 110e6),
+    "gpt2-small": ("clm", 124e6),
+    "gpt2-medium": ("clm", 355e6),
+}
+
+
+def _preset(name: str, task: str, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from attnfit.cli import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", [f"model={name}", f"task={task}", *overrides])
+
+
+def _meta_model(cfg) -> LanguageModel:
+    from attnfit.tasks.language_modeling import model_config_dict
+
+    config = ModelConfig.from_dict(model_config_dict(cfg, vocab_size=int(cfg.tokenizer.vocab_size)))
+    with torch.device("meta"):  # shapes only: no memory, no time
+        return LanguageModel(config)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_presets_have_the_published_parameter_counts(name):
+    task, published = PUBLISHED[name]
+    model = _meta_model(_preset(name, task))
+    count = sum(p.numel() for p in model.parameters())  # the tied output layer once
+    assert abs(count - published) / published < 0.01, (name, count)
+
+
+def test_memory_estimate_of_a_preset_under_fsdp_divides_the_state():
+    from attnfit.training.memory import run_estimate
+
+    cfg = _preset("gpt2-small", "clm", "data.batch_size=8", "data.seq_len=1024")
+    model = _meta_model(cfg)
+    one = run_estimate(model, cfg, 1, "SingleDeviceStrategy", "bf16-mixed")
+    four = run_estimate(model, cfg, 4, "FSDPStrategy", "bf16-mixed")
+    assert one.weights == 4 * one.parameters and one.optimizer == 2 * one.weights  # float32 master + AdamW
+    assert four.weights == one.weights // 4 and four.optimizer == one.optimizer // 4
+    assert four.activations == one.activations  # per device: each holds its own batch's
+    checkpointed = _meta_model(_preset("gpt2-small", "clm", "data.batch_size=8", "model.activation_checkpointing=true"))
+    # 12 layers × 8192 tokens × (8·768 + 2·3072) bf16 values: 2.25 GiB; checkpointed, their inputs (0.14 GiB).
+    # The head's logits (8192 × 50257, 4.6 GiB in float32) stay, whichever.
+    saved = one.activations - run_estimate(checkpointed, cfg, 1, "SingleDeviceStrategy", "bf16-mixed").activations
+    assert 2.0 * 2**30 < saved < 2.25 * 2**30
+
+
+def test_a_run_that_will_not_fit_is_warned_about(monkeypatch):
+    from attnfit.training import memory
+
+    estimate = memory.MemoryEstimate(10, 2**30, 2**30, 2**31, 2**31)  # 6 GiB
+    monkeypatch.setattr(memory, "available_memory", lambda accelerator: (2**33, "CPU RAM"))
+    assert memory.check_fits(estimate, "cpu", 1) is None
+    warning = memory.check_fits(estimate, "cpu", 2)  # CPU ranks share one RAM: 12 GiB of 8
+    assert warning and "12.00 GiB" in warning and "activation_checkpointing=true" in warning
+    monkeypatch.setattr(memory, "available_memory", lambda accelerator: (2**33, "NVIDIA H200"))
+    assert memory.check_fits(estimate, "cuda", 2) is None  # a GPU each
+
+
+@pytest.mark.parametrize("options", [[], ["--checkpointing"]])
+def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(options):
+    """scripts/bench/memory.py trains a 5M-parameter LM for three AdamW steps in a fresh process and measures its
+    peak resident memory above the baseline before the model was built (see the script for why that is robust)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench" / "memory.py"
+    args = ["--dim", "256", "--layers", "4", "--vocab", "8000", "--batch", "8", "--seq-len", "128", *options]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert abs(result["estimate_mib"] - result["measured_peak_mib"]) <= 0.25 * result["measured_peak_mib"], result
