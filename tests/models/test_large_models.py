@@ -142,3 +142,16 @@ def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(options):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert abs(result["estimate_mib"] - result["measured_peak_mib"]) <= 0.25 * result["measured_peak_mib"], result
+
+
+def test_flexattention_sliding_window_gives_the_blocked_local_attentions_outputs():
+    """The sliding-window block mask scripts/gpu_check.py times on the GPU: eager FlexAttention on the CPU (forward
+    only there) against attnfit's blocked path, window ±16 over 100 positions (a ragged last block)."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    from attnfit.models.attention.local_attention import LocalAttention
+
+    window, n = 16, 100
+    q, k, v = torch.randn(3, 1, 2, n, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+    mask = flex.create_block_mask(lambda b, h, i, j: (i - j).abs() <= window, None, None, n, n, device="cpu")
+    expected = LocalAttention(16, 2, window).attend(q, k, v, None, False, False)[0]
+    torch.testing.assert_close(flex.flex_attention(q, k, v, block_mask=mask), expected, rtol=1e-5, atol=1e-5)
