@@ -47,7 +47,10 @@ def test_ddp_bleu_is_the_whole_validation_sets(run_cli, tmp_path):
     with the same weights. (Its weights are not those of a 1-process run: each rank averages the loss over its own
     target tokens, and targets differ in length.)"""
     ddp = tmp_path / "ddp"
-    run_cli("train", *SEQ2SEQ, "trainer=ddp_cpu", "data.batch_size=8", f"hydra.run.dir={ddp}")
+    proc = run_cli("train", *SEQ2SEQ, "trainer=ddp_cpu", "data.batch_size=8", f"hydra.run.dir={ddp}")
+    # The line before training: parameters and memory per process, once (rank zero), for the strategy in use.
+    lines = [line for line in proc.stdout.splitlines() if "memory: " in line and "per device" in line]
+    assert len(lines) == 1 and "DDPStrategy on 2 × CPU" in lines[0] and "batch 8 × 24 tokens" in lines[0], lines
     logged = json.loads((ddp / "metrics.json").read_text())
     assert logged["val/bleu"] > 0, logged
     (best,) = (ddp / "checkpoints").glob("best-step*.ckpt")  # the only validation: step 100, as last.ckpt

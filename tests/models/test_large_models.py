@@ -155,3 +155,39 @@ def test_flexattention_sliding_window_gives_the_blocked_local_attentions_outputs
     mask = flex.create_block_mask(lambda b, h, i, j: (i - j).abs() <= window, None, None, n, n, device="cpu")
     expected = LocalAttention(16, 2, window).attend(q, k, v, None, False, False)[0]
     torch.testing.assert_close(flex.flex_attention(q, k, v, block_mask=mask), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_activation_checkpointing_of_a_seq2seq_model_gives_the_same_gradients():
+    """Transformer encoder and decoder blocks both checkpointed (the flag is the encoder config's), float64."""
+    from attnfit.models.seq2seq import Seq2SeqModel
+    from attnfit.models.seq2seq.config import Seq2SeqConfig
+
+    def build(checkpointing: bool) -> Seq2SeqModel:
+        encoder = {"vocab_size": 30, "dim": 16, "max_len": 10, "activation_checkpointing": checkpointing}
+        encoder |= {"encoder": {"num_layers": 2}, "attention": {"num_heads": 2}}
+        config = Seq2SeqConfig.from_dict(
+            {
+                "encoder": encoder,
+                "target_vocab_size": 30,
+                "decoder": {"name": "transformer", "num_layers": 2, "num_heads": 2, "dropout": 0.1},
+                "cross_attention": {"name": "self", "num_heads": 2},
+                "max_target_len": 10,
+            }
+        )
+        torch.manual_seed(0)
+        return Seq2SeqModel(config).double().train()
+
+    generator = torch.Generator().manual_seed(2)
+    src, tgt = torch.randint(1, 30, (3, 10), generator=generator), torch.randint(1, 30, (3, 8), generator=generator)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[2, 6:] = True
+    grads = []
+    for checkpointing in (False, True):
+        model = build(checkpointing)
+        assert model.decoder.checkpointing is checkpointing
+        torch.manual_seed(5)
+        model(src, mask, tgt)[0].logsumexp(-1).mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-10, atol=1e-12, msg=name)
