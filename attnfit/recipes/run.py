@@ -149,7 +149,11 @@ def log_memory_estimate(cfg: DictConfig, module: L.LightningModule, trainer: L.T
 
     strategy = type(trainer.strategy).__name__
     precision = str(trainer.precision)
-    estimate = run_estimate(module.model, cfg, trainer.world_size, strategy, precision)
+    try:
+        estimate = run_estimate(module.model, cfg, trainer.world_size, strategy, precision)
+    except Exception as error:  # an estimate is advice: a model or config it does not know never stops a run
+        log.warning("memory: no estimate for this run (%s: %s)", type(error).__name__, error)
+        return
     where = f"{trainer.world_size} × {type(trainer.accelerator).__name__.removesuffix('Accelerator')}"
     log.info(
         "memory: %s; batch %d × %d tokens, precision %s, %s on %s",
