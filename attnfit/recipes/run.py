@@ -151,6 +151,8 @@ def log_memory_estimate(cfg: DictConfig, module: L.LightningModule, trainer: L.T
     precision = str(trainer.precision)
     try:
         estimate = run_estimate(module.model, cfg, trainer.world_size, strategy, precision)
+        accelerator = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
+        warning = check_fits(estimate, accelerator, trainer.world_size)
     except Exception as error:  # an estimate is advice: a model or config it does not know never stops a run
         log.warning("memory: no estimate for this run (%s: %s)", type(error).__name__, error)
         return
@@ -164,8 +166,6 @@ def log_memory_estimate(cfg: DictConfig, module: L.LightningModule, trainer: L.T
         strategy,
         where,
     )
-    accelerator = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
-    warning = check_fits(estimate, accelerator, trainer.world_size)
     if warning:
         log.warning("memory: %s", warning)
 
