@@ -140,7 +140,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(str(path)).expanduser()  # a config may hand over a number or other scalar
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir() and not (path / EXPORT_CONFIG).exists():
+    if path.is_dir() and not (path / EXPORT_CONFIG).exists() and not (path / "meta.pt").is_file():
         checkpoints = path / "checkpoints"
         best = recorded_best(checkpoints)
         if best is not None:
@@ -159,14 +159,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def recorded_best(checkpoints: Path) -> Path | None:
     """The best checkpoint that the run's ``last.ckpt`` names (Lightning's ModelCheckpoint state), if it exists:
     the run's own record, not file-name order (a stray ``best-*.ckpt`` of another run is never picked)."""
+    last = checkpoints / "last.ckpt"
+    if (last / "meta.pt").is_file():  # sharded (trainer=fsdp): the callbacks' state is in its metadata file
+        last = last / "meta.pt"
     try:
-        state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # missing or unreadable: no record
         return None
     for key, value in (state.get("callbacks") or {}).items():
         if key.startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("best_model_path"):
             best = checkpoints / Path(str(value["best_model_path"])).name  # the run directory may have moved
-            return best if best.is_file() else None
+            return best if best.is_file() or (best / "meta.pt").is_file() else None
     return None
 
 
@@ -191,14 +194,18 @@ def load_artifact(path: str | Path) -> Artifact:
 
     ``hf:NAME`` or a directory in Hugging Face's format is imported (BERT, GPT-2; see :mod:`attnfit.hf`)."""
     from attnfit.hf import import_hf, is_hf_source
+    from attnfit.training.sharding import consolidate, is_sharded_checkpoint
 
     if is_hf_source(path):
         return import_hf(path)
     path = resolve_checkpoint(path)
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         return _load_export(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if path.is_dir():  # trainer=fsdp's sharded checkpoint: a file per rank, read back as one
+            checkpoint = consolidate(path)
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # truncated, not a zip, or holds objects that are not plain data
         raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(error)}") from None
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None

@@ -90,6 +90,9 @@ class ModelConfig:
     head_bias: bool = True  # the LM head's output bias (GPT-2 has none)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    # Training memory, not architecture: keep each transformer block's input only and recompute its inside during
+    # the backward pass (about a third more compute; activations of one block instead of all of them).
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _at_least("model.vocab_size", self.vocab_size, 1)

@@ -68,6 +68,7 @@ def check_loader(data: DictConfig) -> None:
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``cfg.trainer`` as ``lightning.Trainer`` arguments; an unknown key is named with the closest valid one."""
     kwargs = container(cfg.trainer)
+    kwargs.pop("fsdp", None)  # attnfit's FSDP options (trainer=fsdp): they build the strategy, see build_trainer
     valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in kwargs:
         if key not in valid:

@@ -107,6 +107,11 @@ def build_trainer(
         callbacks.append(ProgressBar(leave=True))
     kwargs.setdefault("enable_progress_bar", cfg.callbacks.progress_bar != "none")
     plugins = [AtomicCheckpointIO()]
+    if kwargs.get("strategy") == "fsdp":  # per-block units, bf16 policy, sharded checkpoints (trainer.fsdp)
+        from attnfit.training.sharding import fsdp_strategy
+
+        options = container(cfg.trainer.get("fsdp") or {})
+        kwargs["strategy"] = fsdp_strategy(options, str(kwargs.get("precision", "32-true")))
     loggers = build_loggers(cfg)
     return L.Trainer(
         default_root_dir=str(output_dir), logger=loggers or False, callbacks=callbacks, plugins=plugins, **kwargs

@@ -116,6 +116,8 @@ def _run(
     monitor, mode = task.monitor(cfg)
     extra = [StartupTimes(started), *task.callbacks(cfg, prepared, module), *(callbacks or [])]
     trainer = build_trainer(cfg, output_dir, monitor=monitor, mode=mode, extra_callbacks=extra)
+    if is_rank_zero():
+        log_memory_estimate(cfg, module, trainer)
     fit(trainer, module, prepared.datamodule, ckpt_path)
 
     metrics = final_metrics(trainer, trainer.checkpoint_callback)
@@ -139,6 +141,33 @@ def _run(
         log_final_hparams(trainer, cfg, metrics)
         summarise(cfg, task, metrics, module, prepared, trainer)
     return metrics.get(cfg.optimized_metric)
+
+
+def log_memory_estimate(cfg: DictConfig, module: L.LightningModule, trainer: L.Trainer) -> None:
+    """One line before training: parameters and memory per device; a warning when that will not fit."""
+    from attnfit.training.memory import check_fits, run_estimate
+
+    strategy = type(trainer.strategy).__name__
+    precision = str(trainer.precision)
+    try:
+        estimate = run_estimate(module.model, cfg, trainer.world_size, strategy, precision)
+        accelerator = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
+        warning = check_fits(estimate, accelerator, trainer.world_size)
+    except Exception as error:  # an estimate is advice: a model or config it does not know never stops a run
+        log.warning("memory: no estimate for this run (%s: %s)", type(error).__name__, error)
+        return
+    where = f"{trainer.world_size} × {type(trainer.accelerator).__name__.removesuffix('Accelerator')}"
+    log.info(
+        "memory: %s; batch %d × %d tokens, precision %s, %s on %s",
+        estimate.describe(),
+        int(cfg.data.batch_size),
+        int(cfg.data.seq_len),
+        precision,
+        strategy,
+        where,
+    )
+    if warning:
+        log.warning("memory: %s", warning)
 
 
 # What a checkpoint has baked in: the architecture, the vocabulary, the objective, the optimizer's state and the

@@ -78,6 +78,8 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
         unigram_cross_entropy,
     )
 
+    if cfg.data.source == "shards":
+        return prepare_shard_data(cfg, tokenizer)
     data, cache_dir, timings = cfg.data, Path(cfg.paths.cache_dir), {}
     files = {split: data.get(split) for split in ("train", "validation", "test") if data.get(split)}
     with timed(timings, "load_s"):
@@ -118,6 +120,41 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     datamodule = datamodule_for(cfg, encoded, train_collator, val_collator)
     facts = {"unigram_baseline": baseline}
     return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts, timings=timings)
+
+
+def prepare_shard_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
+    """``data=shards``: rows of ``data.seq_len`` tokens read from memory-mapped token shards (attnfit.data.shards);
+    the last ``data.val_fraction`` of the rows is the validation split. The tokenizer is the shards' own."""
+    from tokenizers import Tokenizer
+
+    from attnfit.data import CLMCollator, special_token_id, unigram_cross_entropy
+    from attnfit.data.shards import TOKENIZER, TokenWindows
+
+    data, seq_len = cfg.data, int(cfg.data.seq_len)
+    directory = Path(str(data.path)).expanduser()
+    windows = TokenWindows(directory, seq_len)
+    own = Tokenizer.from_file(str(directory / TOKENIZER))
+    if tokenizer is not None and tokenizer.get_vocab() != own.get_vocab():
+        raise DataError(f"the shards in {directory} were tokenized with another vocabulary than this model's")
+    tokenizer = tokenizer or own
+    rows = len(windows)
+    val_rows = max(1, int(rows * float(data.get("val_fraction", 0.01))))
+    if rows - val_rows < 1:
+        raise DataError(f"{directory} holds {windows.num_tokens} tokens: not two rows of data.seq_len={seq_len}")
+    encoded = {
+        "train": TokenWindows(directory, seq_len, 0, rows - val_rows),
+        "validation": TokenWindows(directory, seq_len, rows - val_rows),
+    }
+    if "mask_prob" in cfg.task:
+        train_collator, val_collator = masking_collators(cfg, tokenizer)
+    else:
+        train_collator = val_collator = CLMCollator(special_token_id(tokenizer, "pad"))
+    datamodule = datamodule_for(cfg, encoded, train_collator, val_collator)
+    # The unigram baseline from the first rows of each split: reading the whole corpus would defeat streaming.
+    sample = {name: [rows[i]["input_ids"] for i in range(min(len(rows), 2000))] for name, rows in encoded.items()}
+    baseline = unigram_cross_entropy(sample["train"], sample["validation"], tokenizer.get_vocab_size())
+    facts = {"unigram_baseline": baseline}
+    return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts)
 
 
 class LanguageModeling(Task):

@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class RepeatableLoader(DataLoader):
@@ -88,12 +88,17 @@ class ResumableLoader(DataLoader):
         self.sampler.skip = batches * int(self.batch_size)
 
 
-class ShardSampler(Sampler[int]):
+class ShardSampler(DistributedSampler):
     """Evaluation order sharded over ranks without padding: rank r reads rows r, r + W, r + 2W, … Each row is
     scored exactly once (``DistributedSampler`` repeats rows to even the shards out, which would count them
-    twice in corpus-level metrics); ranks may get one batch more or less than others."""
+    twice in corpus-level metrics); ranks may get one batch more or less than others.
+
+    It subclasses ``DistributedSampler`` only so that Lightning keeps it: any other sampler of an evaluation
+    loader gets wrapped in Lightning's ``DistributedSamplerWrapper``, which shards the shard again (rank zero
+    then scored rows 0, 2W, 4W, … and half the set went unscored)."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         self.indices = range(rank, len(dataset), num_replicas)
 
     def __iter__(self) -> Iterator[int]:

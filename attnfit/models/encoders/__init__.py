@@ -30,7 +30,9 @@ def build_attention_stack(config: ModelConfig, num_layers: int) -> AttentionStac
         )
         for _ in range(num_layers)
     ]
-    return AttentionStack(layers, config.dim, enc.final_norm, enc.norm_eps, enc.bias)
+    return AttentionStack(
+        layers, config.dim, enc.final_norm, enc.norm_eps, enc.bias, checkpointing=config.activation_checkpointing
+    )
 
 
 def build_encoder(config: ModelConfig) -> nn.Module:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from attnfit.models.attention import MultiHeadAttention
 
@@ -78,21 +80,35 @@ class TransformerLayer(nn.Module):
 
 
 class AttentionStack(nn.Module):
-    """Transformer layers applied in turn, with a final LayerNorm (pre-norm stacks need one; BERT has none)."""
+    """Transformer layers applied in turn, with a final LayerNorm (pre-norm stacks need one; BERT has none).
+
+    ``checkpointing``: while training, each layer keeps only its input and recomputes its activations in the
+    backward pass (``torch.utils.checkpoint``), trading about a third more compute for the memory of one layer."""
 
     def __init__(
-        self, layers: list[TransformerLayer], dim: int, final_norm: bool = True, eps: float = 1e-5, bias: bool = True
+        self,
+        layers: list[TransformerLayer],
+        dim: int,
+        final_norm: bool = True,
+        eps: float = 1e-5,
+        bias: bool = True,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(dim, eps=eps, bias=bias) if final_norm else nn.Identity()
+        self.checkpointing = checkpointing
 
     def forward(
         self, x: Tensor, padding_mask: Tensor | None, causal: bool, need_weights: bool = False
     ) -> tuple[Tensor, list[Tensor]]:
         attentions = []
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x, weights = layer(x, padding_mask, causal, need_weights)
+            if recompute:  # non-reentrant: the recomputation replays dropout's RNG state and needs no input grads
+                x, weights = checkpoint(layer, x, padding_mask, causal, need_weights, use_reentrant=False)
+            else:
+                x, weights = layer(x, padding_mask, causal, need_weights)
             if weights is not None:
                 attentions.append(weights)
         return self.norm(x), attentions

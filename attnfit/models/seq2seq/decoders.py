@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from attnfit.models.attention import MultiHeadAttention, SelfAttention, build_cross_attention
 from attnfit.models.encoders.layers import FeedForward
@@ -176,10 +177,11 @@ class DecoderLayer(nn.Module):
 class TransformerDecoder(nn.Module):
     """Pre-norm transformer decoder; cross-attention is whichever type was configured, final LayerNorm on top."""
 
-    def __init__(self, layers: list[DecoderLayer], dim: int) -> None:
+    def __init__(self, layers: list[DecoderLayer], dim: int, checkpointing: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(dim)
+        self.checkpointing = checkpointing  # as AttentionStack: recompute each layer in backward while training
 
     def init_state(self, memory: Tensor, source_padding_mask: Tensor | None) -> TransformerState:
         empty = []
@@ -202,10 +204,11 @@ class TransformerDecoder(nn.Module):
             state = self.init_state(memory, source_padding_mask)
         x, self_kv, weights = tgt_emb, [], None
         last = len(self.layers) - 1
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x, weights, kv = layer(
-                x, source_padding_mask, state.self_kv[i], state.memory_kv[i], state.step, need_weights and i == last
-            )
+            weighted = need_weights and i == last
+            args = (x, source_padding_mask, state.self_kv[i], state.memory_kv[i], state.step, weighted)
+            x, weights, kv = checkpoint(layer, *args, use_reentrant=False) if recompute else layer(*args)
             self_kv.append(kv)
         new_state = TransformerState(self_kv, state.memory_kv, state.step + tgt_emb.shape[1])
         return self.norm(x), weights, new_state
@@ -222,5 +225,5 @@ def build_decoder(config: Seq2SeqConfig) -> RNNDecoder | TransformerDecoder:
         layers = [
             DecoderLayer(dim, dec.num_heads, cross(), dec.ffn_mult * dim, dec.dropout) for _ in range(dec.num_layers)
         ]
-        return TransformerDecoder(layers, dim)
+        return TransformerDecoder(layers, dim, checkpointing=config.encoder.activation_checkpointing)
     return RNNDecoder(dec.name, dim, dec.num_layers, dec.input_feeding, dec.dropout, cross())
