@@ -86,7 +86,7 @@ def test_every_logger_gets_metrics_final_hparams_the_config_and_heat_maps(run_cl
     assert all((wandb_run / "files" / name).read_bytes().startswith(b"\x89PNG") for name in heat_maps)
     configs = {i.key: i.value_json for r in records if r.WhichOneof("record_type") == "config" for i in r.config.update}
     lr = json.loads(configs["optimizer.lr"])
-    assert (lr["value"] if isinstance(lr, dict) else lr) == 0.002  # some wandb versions wrap config values in {"value": …}
+    assert (lr["value"] if isinstance(lr, dict) else lr) == 0.002  # some wandb versions wrap it: {"value": …}
     summary = {i.key or "/".join(i.nested_key): i.value_json for r in records
                if r.WhichOneof("record_type") == "summary" for i in r.summary.update}  # fmt: skip
     assert json.loads(summary["final/best/val/f1"]) == pytest.approx(metrics["best/val/f1"])
