@@ -36,6 +36,7 @@ from attnfit.recipes.common import (
 from attnfit.runs.lock import run_directory_lock
 from attnfit.tasks import Prepared, Task, get_task
 from attnfit.training.callbacks import StartupTimes
+from attnfit.training.module import compile_blocks
 
 log = logging.getLogger("attnfit")
 
@@ -113,6 +114,8 @@ def _run(
             "it was trained with (its run directory has config.yaml)"
         )
     log.info("model: %s, %.2fM parameters", describe(cfg, module), sum(p.numel() for p in module.parameters()) / 1e6)
+    if cfg.compile:  # every task: each block compiled once its weights are loaded
+        log.info("torch.compile: %d blocks", compile_blocks(module.model))
     monitor, mode = task.monitor(cfg)
     extra = [StartupTimes(started), *task.callbacks(cfg, prepared, module), *(callbacks or [])]
     trainer = build_trainer(cfg, output_dir, monitor=monitor, mode=mode, extra_callbacks=extra)

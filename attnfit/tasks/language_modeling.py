@@ -208,7 +208,7 @@ class LanguageModeling(Task):
             load_pretrained_backbone(model, pretrained.state_dict, source=str(pretrained.source))
         record = ModelRecord(cfg.task.name, config.to_dict(), prepared.tokenizer.to_str(), run_config=run_config(cfg))
         optimization = Optimization(container(cfg.optimizer), container(cfg.scheduler), total_steps)
-        return LanguageModelingModule(model, record, optimization, compile=bool(cfg.compile))
+        return LanguageModelingModule(model, record, optimization)
 
     def summarise(self, metrics: dict[str, float], module: Any, prepared: Prepared) -> list[str]:
         lines = []

@@ -189,7 +189,6 @@ class Seq2Seq(Task):
             optimization,
             label_smoothing=float(cfg.task.label_smoothing),
             num_samples=int(cfg.task.num_samples),
-            compile=bool(cfg.compile),
         )
         log.info(
             "model: %s encoder + %s decoder, %s cross-attention",

@@ -17,13 +17,9 @@ class LanguageModelingModule(TaskModule):
 
     model: LanguageModel
 
-    def __init__(
-        self, model: LanguageModel, record: ModelRecord, optimization: Optimization | None = None, compile: bool = False
-    ) -> None:
+    def __init__(self, model: LanguageModel, record: ModelRecord, optimization: Optimization | None = None) -> None:
         super().__init__(model, record, optimization)
         self.model_config = model.config
-        if compile:
-            self.model.backbone.compile()  # in place: the module tree (and checkpoint keys) stay the same
 
     def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         return self.model(input_ids, padding_mask)

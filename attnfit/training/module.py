@@ -65,6 +65,22 @@ class TaskModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
 
 
+def compile_blocks(model: nn.Module, **options: Any) -> int:
+    """``torch.compile`` each repeated block in place (transformer encoder and decoder layers, CNN blocks), else
+    the whole model; returns how many modules were compiled. Per block, as FSDP wraps them: identical blocks share
+    one compiled graph, so compilation costs one block rather than the whole depth, and activation checkpointing
+    and FSDP units keep their block boundaries. The module tree (and so checkpoint keys) stays the same.
+    ``options`` go to ``torch.compile`` (``backend=``, ``mode=``)."""
+    from attnfit.models.encoders.cnn import ConvBlock
+    from attnfit.models.encoders.layers import TransformerLayer
+    from attnfit.models.seq2seq.decoders import DecoderLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, (TransformerLayer, DecoderLayer, ConvBlock))]
+    for block in blocks or [model]:
+        block.compile(**options)
+    return len(blocks) or 1
+
+
 def gather_objects(value: Any) -> list[Any]:
     """``[value of rank 0, value of rank 1, …]`` under torch.distributed, else ``[value]``: the pieces of a
     corpus-level metric (decoded sentences, answers) that each rank scored on its shard."""

@@ -42,7 +42,6 @@ class Seq2SeqModule(TaskModule):
         optimization: Optimization | None = None,
         label_smoothing: float = 0.1,
         num_samples: int = 4,
-        compile: bool = False,
     ) -> None:
         super().__init__(model, record, optimization)
         self.model_config = model.config
@@ -56,8 +55,6 @@ class Seq2SeqModule(TaskModule):
 
         self.bos_id = special_token_id(self.target_tokenizer, "bos")
         self.eos_id = special_token_id(self.target_tokenizer, "eos")
-        if compile:
-            self.model.encoder.compile()
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(batch["source_ids"], batch["source_padding_mask"], batch["target_in"])[0]
