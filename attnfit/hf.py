@@ -444,6 +444,8 @@ def _gpt2_from_hf(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[
     extra = {}
     if "lm_head.weight" in raw:
         state["head.decoder.weight"] = raw["lm_head.weight"]
+    if "score.weight" in raw:  # GPT2ForSequenceClassification: Linear(d, num_labels, bias=False)
+        extra["head.weight"] = raw["score.weight"]
     return state, extra
 
 
@@ -465,24 +467,23 @@ def _complete_lm_head(model_config: dict[str, Any], state: dict[str, Tensor], na
 def _as_classifier(
     config: dict[str, Any], model_type: str, state: dict[str, Tensor], extra: dict[str, Tensor]
 ) -> tuple[str, dict[str, Tensor], dict[str, Any], list[str]]:
-    """A BERT/RoBERTa ``*ForSequenceClassification`` checkpoint: backbone + pooler + head, labels from
-    ``id2label``."""
+    """A ``*ForSequenceClassification`` checkpoint: backbone + head (+ BERT's pooler), labels from ``id2label``."""
     id2label = config.get("id2label") or {}
-    if model_type not in BERT_FAMILY:  # it reads the last token that is not its pad (= end-of-text) token
-        raise ConfigError(
-            "GPT2ForSequenceClassification cannot be imported (its last-non-pad-token pooling has no attnfit "
-            "equivalent); import the GPT-2 language model and fine-tune it with task=classification"
-        )
     num_labels = len(id2label) or int(config.get("num_labels", 2))
     labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels)]
-    if "head.weight" not in extra or "pooler.dense.weight" not in extra:
+    if model_type in GPT2_FAMILY:
+        # GPT-2 scores the last token that is not its pad token: with right padding, the last real position (a
+        # text that itself ends in the pad token is the exception: transformers skips it, attnfit does not).
+        needed, head = ("head.weight",), {"pooling": "last", "dropout": 0.0, "bias": False}
+    else:
+        dropout = config.get("classifier_dropout")
+        dropout = float(dropout if dropout is not None else config.get("hidden_dropout_prob", 0.1))
+        needed = ("head.weight", "head.bias", "pooler.dense.weight", "pooler.dense.bias")
+        head = {"pooling": "pooler", "dropout": dropout}
+    if any(key not in extra for key in needed):
         raise CheckpointError("a sequence-classification checkpoint without its pooler or classifier weights")
-    dropout = config.get("classifier_dropout")
-    dropout = float(dropout if dropout is not None else config.get("hidden_dropout_prob", 0.1))
-    head = {"num_labels": num_labels, "pooling": "pooler", "dropout": dropout}
     backbone = {key: value for key, value in state.items() if key.startswith("backbone.")}
-    classifier = {**backbone, **extra}
-    return "classification", classifier, head, labels
+    return "classification", {**backbone, **extra}, {"num_labels": num_labels, **head}, labels
 
 
 # ---- export ---------------------------------------------------------------------------------------------------

@@ -128,12 +128,12 @@ def test_a_hub_name_offline_and_uncached_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(error.value)
 
 
-def test_classifier_pooling_defaults_to_berts_pooler_only_for_an_imported_bert(bert_dir, gpt2_dir):
-    from attnfit.tasks.classification import default_pooling
+def test_classifier_defaults_follow_the_imported_architectures_classifier(bert_dir, gpt2_dir):
+    from attnfit.tasks.classification import default_head_bias, default_pooling
 
-    assert default_pooling(load_artifact(bert_dir)) == "pooler"
-    assert default_pooling(load_artifact(gpt2_dir)) == "attention"
-    assert default_pooling(None) == "attention"
+    assert default_pooling(load_artifact(bert_dir)) == "pooler" and default_head_bias(load_artifact(bert_dir))
+    assert default_pooling(load_artifact(gpt2_dir)) == "last" and not default_head_bias(load_artifact(gpt2_dir))
+    assert default_pooling(None) == "attention" and default_head_bias(None)
 
 
 def _roberta_classifier(directory):
@@ -201,6 +201,33 @@ def test_roberta_pair_classification_equals_transformers(tmp_path):
     assert (mask == 0).any(), "the batch must hold padding"
     rows = [encode_for_classification(a, loaded.tokenizer, 64, b) for a, b in PAIRS]
     assert rows == [row[: int(n)].tolist() for row, n in zip(ids, mask.sum(1), strict=True)]
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+        got = loaded.model(ids, mask == 0).logits
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+
+
+def test_a_gpt2_sequence_classifier_imports_with_the_same_logits(tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from tests.hf.conftest import _byte_bpe, _scramble
+
+    tokenizer = _byte_bpe()
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=eos, eos_token_id=eos,
+        pad_token_id=eos, num_labels=3, id2label={0: "neg", 1: "neutral", 2: "pos"},
+        label2id={"neg": 0, "neutral": 1, "pos": 2},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = GPT2ForSequenceClassification(config).eval()
+    _scramble(hf)
+    hf.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = attnfit.load_pretrained(tmp_path)
+    assert loaded.record.task == "classification" and loaded.record.label_names == ["neg", "neutral", "pos"]
+    assert loaded.record.head_config["pooling"] == "last" and loaded.record.head_config["bias"] is False
+    ids, mask = _batch(tmp_path)  # padded with <|endoftext|>, the pad token transformers skips
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask).logits
         got = loaded.model(ids, mask == 0).logits
