@@ -444,6 +444,8 @@ def _gpt2_from_hf(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[
     extra = {}
     if "lm_head.weight" in raw:
         state["head.decoder.weight"] = raw["lm_head.weight"]
+    if "score.weight" in raw:  # GPT2ForSequenceClassification: Linear(d, num_labels, bias=False)
+        extra["head.weight"] = raw["score.weight"]
     return state, extra
 
 
@@ -465,24 +467,23 @@ def _complete_lm_head(model_config: dict[str, Any], state: dict[str, Tensor], na
 def _as_classifier(
     config: dict[str, Any], model_type: str, state: dict[str, Tensor], extra: dict[str, Tensor]
 ) -> tuple[str, dict[str, Tensor], dict[str, Any], list[str]]:
-    """A BERT/RoBERTa ``*ForSequenceClassification`` checkpoint: backbone + pooler + head, labels from
-    ``id2label``."""
+    """A ``*ForSequenceClassification`` checkpoint: backbone + head (+ BERT's pooler), labels from ``id2label``."""
     id2label = config.get("id2label") or {}
-    if model_type not in BERT_FAMILY:  # it reads the last token that is not its pad (= end-of-text) token
-        raise ConfigError(
-            "GPT2ForSequenceClassification cannot be imported (its last-non-pad-token pooling has no attnfit "
-            "equivalent); import the GPT-2 language model and fine-tune it with task=classification"
-        )
     num_labels = len(id2label) or int(config.get("num_labels", 2))
     labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels)]
-    if "head.weight" not in extra or "pooler.dense.weight" not in extra:
+    if model_type in GPT2_FAMILY:
+        # GPT-2 scores the last token that is not its pad token: with right padding, the last real position (a
+        # text that itself ends in the pad token is the exception: transformers skips it, attnfit does not).
+        needed, head = ("head.weight",), {"pooling": "last", "dropout": 0.0, "bias": False}
+    else:
+        dropout = config.get("classifier_dropout")
+        dropout = float(dropout if dropout is not None else config.get("hidden_dropout_prob", 0.1))
+        needed = ("head.weight", "head.bias", "pooler.dense.weight", "pooler.dense.bias")
+        head = {"pooling": "pooler", "dropout": dropout}
+    if any(key not in extra for key in needed):
         raise CheckpointError("a sequence-classification checkpoint without its pooler or classifier weights")
-    dropout = config.get("classifier_dropout")
-    dropout = float(dropout if dropout is not None else config.get("hidden_dropout_prob", 0.1))
-    head = {"num_labels": num_labels, "pooling": "pooler", "dropout": dropout}
     backbone = {key: value for key, value in state.items() if key.startswith("backbone.")}
-    classifier = {**backbone, **extra}
-    return "classification", classifier, head, labels
+    return "classification", {**backbone, **extra}, {"num_labels": num_labels, **head}, labels
 
 
 # ---- export ---------------------------------------------------------------------------------------------------
@@ -507,15 +508,24 @@ def transformers_target(record: Any) -> tuple[str, str]:
         (config.position_kind != "learned", f"model.position={config.position} (BERT and GPT-2 learn positions)"),
         (not enc.bias, "encoder.bias=false (BERT and GPT-2 have biases)"),
     ]
+    head = record.head_config or {}
+    classifier = record.task == "classification"
     if config.causal:
         model_type = "gpt2"
         checks += [
-            (record.task == "classification", "a classifier on a causal backbone (GPT-2's has no head bias)"),
             (enc.norm != "pre", "encoder.norm=post (GPT-2 is pre-norm)"),
             (not enc.final_norm, "encoder.final_norm=false (GPT-2 has a final norm)"),
             (config.embed_norm, "model.embed_norm=true (GPT-2 has no embedding norm)"),
             (config.type_vocab_size > 0, "model.type_vocab_size>0 (GPT-2 has no token types)"),
-            (config.head_bias, "model.head_bias=true (GPT-2's LM head has no bias)"),
+            (record.task == "clm" and config.head_bias, "model.head_bias=true (GPT-2's LM head has no bias)"),
+            (
+                classifier and head.get("pooling") != "last",
+                f"task.pooling={head.get('pooling')} (GPT2ForSequenceClassification uses task.pooling=last)",
+            ),
+            (
+                classifier and head.get("bias", True),
+                "task.head_bias=true (GPT2ForSequenceClassification's score has no bias: task.head_bias=false)",
+            ),
         ]
     else:
         model_type = "bert"
@@ -523,10 +533,11 @@ def transformers_target(record: Any) -> tuple[str, str]:
             (enc.norm != "post", "encoder.norm=pre (BERT is post-norm)"),
             (enc.final_norm, "encoder.final_norm=true (BERT has no final norm)"),
             (not config.embed_norm, "model.embed_norm=false (BERT normalises its embeddings)"),
+            (
+                classifier and head.get("pooling") != "pooler",
+                f"task.pooling={head.get('pooling')} (BertForSequenceClassification uses task.pooling=pooler)",
+            ),
         ]
-        pooling = (record.head_config or {}).get("pooling")
-        if record.task == "classification" and pooling != "pooler":
-            checks.append((True, f"task.pooling={pooling} (BertForSequenceClassification uses task.pooling=pooler)"))
     for failed, option in checks:
         if failed:
             raise ConfigError(f"format=transformers: cannot export this model: {option}")
@@ -590,14 +601,17 @@ def _bert_to_hf(state: dict[str, Tensor], config: Any, task: str) -> dict[str, T
     return out
 
 
-def _gpt2_to_hf(state: dict[str, Tensor], config: Any) -> dict[str, Tensor]:
+def _gpt2_to_hf(state: dict[str, Tensor], config: Any, task: str) -> dict[str, Tensor]:
     out = {
         "transformer.wte.weight": state["backbone.embeddings.token.weight"],
         "transformer.wpe.weight": state["backbone.embeddings.position.weight"],
         "transformer.ln_f.weight": state["backbone.encoder.stack.norm.weight"],
         "transformer.ln_f.bias": state["backbone.encoder.stack.norm.bias"],
-        "lm_head.weight": state.get("head.decoder.weight", state["backbone.embeddings.token.weight"]),
     }
+    if task == "clm":
+        out["lm_head.weight"] = state.get("head.decoder.weight", state["backbone.embeddings.token.weight"])
+    else:
+        out["score.weight"] = state["head.weight"]  # (num_labels, D)
     for i in range(config.encoder.num_layers):
         hf, ours = f"transformer.h.{i}.", f"backbone.encoder.stack.layers.{i}."
         for theirs, mine in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")):
@@ -633,13 +647,16 @@ def export_transformers(artifact: Any, out: Path, merge_lora: bool = True) -> Pa
     config = ModelConfig.from_dict(artifact.record.model_config)
     state = {key: value.detach().float() for key, value in model.state_dict().items()}
     record = artifact.record
+    tok = record.tokenizers()[0]
     if model_type == "bert":
         hf_config, weights = _bert_hf_config(config, record), _bert_to_hf(state, config, record.task)
         config_class = transformers.BertConfig
     else:
-        hf_config, weights = _gpt2_hf_config(config, record), _gpt2_to_hf(state, config)
+        hf_config, weights = _gpt2_hf_config(config, record), _gpt2_to_hf(state, config, record.task)
         config_class = transformers.GPT2Config
-    tokenizer = _hf_tokenizer(record.tokenizer_json, config.max_len)
+        if record.task == "classification":
+            _gpt2_classifier_io(tok, config.pad_id, hf_config, weights)
+    tokenizer = _hf_tokenizer(tok, config.max_len)
     if model_type == "gpt2":
         hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eos_token_id
     if record.task == "classification":
@@ -660,14 +677,46 @@ def export_transformers(artifact: Any, out: Path, merge_lora: bool = True) -> Pa
     return out
 
 
-def _hf_tokenizer(tokenizer_json: str, max_len: int) -> Any:
-    """The attnfit tokenizer as a ``transformers`` fast tokenizer, its special tokens named by their roles."""
-    from tokenizers import Tokenizer
+def _gpt2_classifier_io(tok: Any, pad_id: int, hf_config: dict[str, Any], weights: dict[str, Tensor]) -> None:
+    """Make a GPT2ForSequenceClassification and its tokenizer see and pool what the attnfit classifier does.
+
+    attnfit's rows are ``<cls> a <eos>`` (``<|endoftext|> a <|endoftext|>`` for GPT-2) and it pools the last real
+    position, that ``<eos>``. The tokenizer gets the same template. transformers pools the rightmost token that is
+    not ``pad_token_id``: were that ``<|endoftext|>``, it would skip the ``<eos>``, so padding then gets a token of
+    its own (``<pad>``, one more embedding row that real tokens never attend to under the mask)."""
+    from tokenizers import AddedToken, processors
+
+    from attnfit.data.classification import pair_separator
+    from attnfit.data.tokenizer import special_token_id
+
+    cls, eos = special_token_id(tok, "cls"), special_token_id(tok, "eos")
+    sep_ids = pair_separator(tok, special_token_id(tok, "sep"))
+    names = {i: tok.id_to_token(i) for i in (cls, eos, *sep_ids)}
+    seps = " ".join(names[i] for i in sep_ids)
+    template = processors.TemplateProcessing(
+        single=f"{names[cls]} $A {names[eos]}",
+        pair=f"{names[cls]} $A {seps} $B {names[eos]}",
+        special_tokens=list((name, i) for i, name in names.items()),
+    )
+    tok.post_processor = template  # GPT-2's own adds nothing, and offsets are no part of the export
+    if pad_id == eos:
+        tok.add_special_tokens([AddedToken("<pad>", special=True)])
+        pad_id = tok.token_to_id("<pad>")
+        wte = weights["transformer.wte.weight"]  # (V, D)
+        if pad_id >= len(wte):  # padding's row: any will do (never attended to), the <eos> row as HF's GPT-2 pads
+            wte = torch.cat([wte, wte[eos].expand(pad_id + 1 - len(wte), -1)])
+        weights["transformer.wte.weight"] = wte
+        hf_config["vocab_size"] = len(wte)
+    hf_config["pad_token_id"] = pad_id
+
+
+def _hf_tokenizer(tok: Any, max_len: int) -> Any:
+    """The attnfit tokenizer (a ``tokenizers.Tokenizer``) as a ``transformers`` fast tokenizer, its special tokens
+    named by their roles."""
     from transformers import PreTrainedTokenizerFast
 
     from attnfit.data.tokenizer import special_token_ids
 
-    tok = Tokenizer.from_str(tokenizer_json)
     roles = {
         role: tok.id_to_token(token_id) for role, token_id in special_token_ids(tok).items() if token_id is not None
     }

@@ -45,6 +45,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "finetune.lora.enabled": (bool,),
     "finetune.adapt_steps": (int,),
     "task.class_weights": (bool,),
+    "task.head_bias": (bool,),
     "task.joint_tokenizer": (bool,),
     "task.tie_output": (bool,),
     "heatmap": (bool,),

@@ -8,6 +8,7 @@ into ``[cls] a [eos]`` / ``[cls] a [sep] b [eos]`` rows with integer labels, cac
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import numbers
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -40,7 +42,7 @@ from attnfit.errors import ConfigError, DataError, check_choice
 
 logger = logging.getLogger("attnfit")
 
-CLASSIFICATION_DATA_VERSION = "1"  # bump when tokenize_for_classification's output changes
+CLASSIFICATION_DATA_VERSION = "2"  # bump when tokenize_for_classification's output changes
 MAP_BATCH_SIZE = 1000
 _INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
 _FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -269,18 +271,37 @@ def _longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     return keep_a, min(len_b, budget - keep_a)
 
 
+def pair_separator(tokenizer: Tokenizer, sep_id: int) -> list[int]:
+    """The special ids between the two texts of a pair: those of the tokenizer's own pair template when it puts any
+    there (RoBERTa's ``</s></s>``, so the ids equal the Hugging Face tokenizer's), else ``[sep]``."""
+    a, b = (tokenizer.encode(text, add_special_tokens=False) for text in ("a", "b"))
+    if not a.ids or not b.ids:
+        return [sep_id]
+    pair = tokenizer.post_process(a, b, add_special_tokens=True)  # e.g. <s> a </s> </s> b </s>
+    special = pair.special_tokens_mask
+    start = special.index(0) + len(a.ids)  # just after text A
+    middle = itertools.takewhile(lambda i: special[i], range(start, len(special)))
+    return [pair.ids[i] for i in middle] or [sep_id]
+
+
 def _tokenize_batch(
-    batch: dict, tokenizer: Tokenizer, max_len: int, index: dict[str, int], cls_id: int, sep_id: int, eos_id: int
+    batch: dict,
+    tokenizer: Tokenizer,
+    max_len: int,
+    index: dict[str, int],
+    cls_id: int,
+    sep_ids: list[int],
+    eos_id: int,
 ) -> dict:
-    """``[cls] a [eos]`` or ``[cls] a [sep] b [eos]`` per row, cut to ``max_len``; labels to indices."""
+    """``[cls] a [eos]`` or ``[cls] a [sep…] b [eos]`` per row, cut to ``max_len``; labels to indices."""
     rows, truncated = [], []
     firsts = tokenizer.encode_batch(batch["text"], add_special_tokens=False)
     if "text_pair" in batch:
         seconds = tokenizer.encode_batch(batch["text_pair"], add_special_tokens=False)
         for a, b in zip(firsts, seconds, strict=True):
             a, b = a.ids, b.ids
-            keep_a, keep_b = _longest_first(len(a), len(b), max_len - 3)
-            rows.append([cls_id, *a[:keep_a], sep_id, *b[:keep_b], eos_id])
+            keep_a, keep_b = _longest_first(len(a), len(b), max_len - 2 - len(sep_ids))
+            rows.append([cls_id, *a[:keep_a], *sep_ids, *b[:keep_b], eos_id])
             truncated.append(keep_a + keep_b < len(a) + len(b))
     else:
         for enc in firsts:
@@ -290,11 +311,20 @@ def _tokenize_batch(
     return {"input_ids": rows, "label": [index[str(v)] for v in batch["label"]], "truncated": truncated}
 
 
+def _special_ids(tokenizer: Tokenizer) -> dict[str, Any]:
+    """``cls_id``, ``sep_ids`` and ``eos_id`` as :func:`_tokenize_batch` takes them."""
+    sep_ids = pair_separator(tokenizer, special_token_id(tokenizer, "sep"))
+    return {
+        "cls_id": special_token_id(tokenizer, "cls"),
+        "sep_ids": sep_ids,
+        "eos_id": special_token_id(tokenizer, "eos"),
+    }
+
+
 def encode_for_classification(text: str, tokenizer: Tokenizer, max_len: int, text_pair: str | None = None) -> list[int]:
     """One input's ids, exactly as :func:`tokenize_for_classification` builds them (no dataset, nothing cached)."""
     batch = {"text": [text], "label": [""], **({"text_pair": [text_pair]} if text_pair is not None else {})}
-    ids = {f"{role}_id": special_token_id(tokenizer, role) for role in ("cls", "sep", "eos")}
-    return _tokenize_batch(batch, tokenizer, max_len, {"": 0}, **ids)["input_ids"][0]
+    return _tokenize_batch(batch, tokenizer, max_len, {"": 0}, **_special_ids(tokenizer))["input_ids"][0]
 
 
 def tokenize_for_classification(
@@ -307,7 +337,8 @@ def tokenize_for_classification(
 ) -> Dataset:
     """Tokenize "text" (and "text_pair") into "input_ids" and encode "label" as its index in ``label_names``.
 
-    Rows are ``[cls] text [eos]`` or ``[cls] text [sep] text_pair [eos]``, cut to ``max_len`` tokens (pairs
+    Rows are ``[cls] text [eos]`` or ``[cls] text [sep] text_pair [eos]`` (two separators where the tokenizer's
+    own pair template has them, as RoBERTa's does), cut to ``max_len`` tokens (pairs
     longest-first; a warning says how many rows were cut). Cached like ``tokenize_for_lm``: the key is the
     input's fingerprint + tokenizer content + ``max_len`` + ``label_names``. DataError for unknown labels.
     """
@@ -317,7 +348,8 @@ def tokenize_for_classification(
                 f"split {split!r} has no {column!r} column; available columns: {', '.join(ds.column_names)}"
             )
     pair = "text_pair" in ds.column_names
-    min_len = 5 if pair else 3
+    ids = _special_ids(tokenizer)
+    min_len = 4 + len(ids["sep_ids"]) if pair else 3
     if max_len < min_len:
         raise ConfigError(
             f"data.max_len must be >= {min_len} for {'text pairs' if pair else 'single texts'} "
@@ -325,7 +357,6 @@ def tokenize_for_classification(
         )
     index = _label_index(label_names)
     _check_known_labels(ds, label_names, split)
-    ids = {role: special_token_id(tokenizer, role) for role in ("cls", "sep", "eos")}
     key = "|".join(
         map(
             str, (ds._fingerprint, tokenizer_fingerprint(tokenizer), max_len, *label_names, CLASSIFICATION_DATA_VERSION)
@@ -341,7 +372,7 @@ def tokenize_for_classification(
             "tokenizer": tokenizer,
             "max_len": max_len,
             "index": index,
-            **{f"{r}_id": i for r, i in ids.items()},
+            **ids,
         },
         features=Features({"input_ids": List(Value("int32")), "label": Value("int64"), "truncated": Value("bool")}),
         new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32],

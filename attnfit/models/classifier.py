@@ -25,6 +25,7 @@ class ClassifierConfig:
     num_labels: int
     pooling: str = "attention"  # attention | cls | mean | last (causal backbones) | pooler (BERT's dense+tanh on cls)
     dropout: float = 0.1  # on the pooled vector, before the head
+    bias: bool = True  # the head's; GPT-2's classifier (GPT2ForSequenceClassification's score) has none
 
     def __post_init__(self) -> None:
         _at_least("classifier.num_labels", self.num_labels, 2)
@@ -100,7 +101,7 @@ class SequenceClassifier(nn.Module):
         poolers = {"attention": AttentionPooling, "pooler": DensePooler}
         self.pooler = poolers[config.pooling](dim) if config.pooling in poolers else None
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(dim, config.num_labels)
+        self.head = nn.Linear(dim, config.num_labels, bias=config.bias)
         # Initialise the backbone as the LM does; pooler and head separately, so a later
         # load_pretrained_backbone() replaces the backbone without touching them.
         self.backbone.apply(init_weights)

@@ -93,12 +93,26 @@ def finetuned_backbone(
 
 
 def default_pooling(pretrained: Artifact | None) -> str:
-    """``task.pooling=null``: BERT's own pooler for a model imported from BERT (so that a fine-tuned classifier
-    exports as ``BertForSequenceClassification``), attention pooling otherwise."""
-    from attnfit.hf import BERT_FAMILY
+    """``task.pooling=null``: the pooling of the imported architecture's own classifier, so that a fine-tuned
+    classifier exports back to it: BERT's pooler for a BERT-family import (``BertForSequenceClassification``),
+    the last real token for a GPT-2 import (``GPT2ForSequenceClassification``); attention pooling otherwise."""
+    from attnfit.hf import BERT_FAMILY, GPT2_FAMILY
 
+    model_type = _hf_model_type(pretrained)
+    return "pooler" if model_type in BERT_FAMILY else "last" if model_type in GPT2_FAMILY else "attention"
+
+
+def default_head_bias(pretrained: Artifact | None) -> bool:
+    """``task.head_bias=null``: none for a GPT-2 import (GPT2ForSequenceClassification's ``score`` has none),
+    else a bias."""
+    from attnfit.hf import GPT2_FAMILY
+
+    return _hf_model_type(pretrained) not in GPT2_FAMILY
+
+
+def _hf_model_type(pretrained: Artifact | None) -> str | None:
     hf = pretrained.record.hf if pretrained is not None else None
-    return "pooler" if hf and hf.get("model_type") in BERT_FAMILY else "attention"
+    return hf.get("model_type") if hf else None
 
 
 def reuse_pooler(model: nn.Module, cfg: DictConfig, pretrained: Artifact | None) -> tuple[str, ...]:
@@ -212,8 +226,10 @@ class Classification(Task):
         label_names = prepared.extra["label_names"]
         config = ModelConfig.from_dict(backbone_config(cfg, prepared.tokenizer, pretrained))
         pooling = cfg.task.pooling or default_pooling(pretrained)
+        bias = cfg.task.get("head_bias")
+        bias = default_head_bias(pretrained) if bias is None else bias
         head = ClassifierConfig.from_dict(
-            {"num_labels": len(label_names), "pooling": pooling, "dropout": cfg.task.dropout}
+            {"num_labels": len(label_names), "pooling": pooling, "dropout": cfg.task.dropout, "bias": bias}
         )
         model = SequenceClassifier(config, head)
         plan = finetuned_backbone(model, cfg, pretrained, reuse_pooler(model, cfg, pretrained))

@@ -175,17 +175,15 @@ FT = [
 ]
 
 
-@pytest.fixture(scope="session")
-def bert_finetuned(tmp_path_factory: pytest.TempPathFactory, bert_dir: Path, cache_dir: Path) -> tuple[Path, str]:
-    """``attnfit-finetune pretrained=BERT_DIR`` on the embedded classification data, a few steps: (run, stdout)."""
+def _finetune(run_dir: Path, source: Path, cache_dir: Path, *overrides: str) -> tuple[Path, str]:
+    """``attnfit-finetune pretrained=SOURCE`` on the embedded classification data, a few steps: (run, stdout)."""
     import os
     import subprocess
     import sys
 
-    run_dir = tmp_path_factory.mktemp("hf-finetuned") / "run"
     env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "attnfit.finetune", f"pretrained={bert_dir}", *FT, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "attnfit.finetune", f"pretrained={source}", *FT, *overrides, f"hydra.run.dir={run_dir}"],
         env=env,
         capture_output=True,
         text=True,
@@ -194,3 +192,14 @@ def bert_finetuned(tmp_path_factory: pytest.TempPathFactory, bert_dir: Path, cac
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def bert_finetuned(tmp_path_factory: pytest.TempPathFactory, bert_dir: Path, cache_dir: Path) -> tuple[Path, str]:
+    return _finetune(tmp_path_factory.mktemp("hf-finetuned") / "run", bert_dir, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def gpt2_finetuned(tmp_path_factory: pytest.TempPathFactory, gpt2_dir: Path, cache_dir: Path) -> tuple[Path, str]:
+    """A classifier fine-tuned from the GPT-2 import with the defaults (task.pooling=last, no head bias)."""
+    return _finetune(tmp_path_factory.mktemp("hf-gpt2-finetuned") / "run", gpt2_dir, cache_dir)

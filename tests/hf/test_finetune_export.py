@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -86,6 +87,56 @@ def test_finetuned_classifier_exports_to_auto_model_for_sequence_classification(
         assert section in card
     assert "base_model" not in meta  # a local directory, not a Hub repository
     assert f"Base model: `{bert_finetuned_source(run_dir)}`" in card
+
+
+def test_finetuned_gpt2_classifier_exports_to_gpt2_for_sequence_classification(gpt2_finetuned, run_cli, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
+
+    run_dir, log = gpt2_finetuned
+    artifact = load_artifact(run_dir)
+    assert artifact.record.head_config["pooling"] == "last" and artifact.record.head_config["bias"] is False
+    assert "newly initialised: head.weight" in log
+    out = tmp_path / "hf-export"
+    run_cli("export", f"checkpoint={run_dir}", "format=transformers", f"out={out}")
+    ours = build_model(artifact).eval()
+    theirs = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    assert isinstance(theirs, GPT2ForSequenceClassification)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    attnfit_tokenizer = artifact.record.tokenizers()[0]
+    eos = attnfit_tokenizer.token_to_id("<|endoftext|>")
+    rows = [encode_for_classification(text, attnfit_tokenizer, 32) for text in TEXTS]
+    assert all(row[0] == row[-1] == eos for row in rows)  # attnfit pools that last <|endoftext|>
+    assert rows == tokenizer(TEXTS, truncation=True, max_length=32)["input_ids"]
+    pair = encode_for_classification(TEXTS[0], attnfit_tokenizer, 32, TEXTS[1])
+    assert pair == tokenizer(TEXTS[0], TEXTS[1], truncation=True, max_length=32)["input_ids"]
+    # transformers pools the last token that is not its pad token: padding has its own, not <|endoftext|>.
+    assert theirs.config.pad_token_id == tokenizer.pad_token_id != eos
+    encoded = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    ids, mask = _padded(rows, artifact.model_config["pad_id"])  # attnfit pads with <|endoftext|>
+    assert (mask == 0).any() and torch.equal(encoded["attention_mask"], mask)
+    with torch.no_grad():
+        expected = ours(ids, mask == 0).logits
+        got = theirs(**encoded).logits
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+    assert theirs.config.id2label == dict(enumerate(artifact.label_names))
+    # …and the exported GPT2ForSequenceClassification imports back as the same classifier.
+    back = attnfit.load_pretrained(out)
+    assert back.record.head_config["pooling"] == "last"
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(encoded["input_ids"], mask == 0).logits, expected, atol=TOL, rtol=TOL)
+
+
+def test_a_gpt2_classifier_with_another_pooling_or_a_head_bias_names_the_option(gpt2_finetuned):
+    record = load_artifact(gpt2_finetuned[0]).record
+    for head, named in (
+        ({"pooling": "attention"}, "task.pooling=attention (GPT2ForSequenceClassification uses task.pooling=last)"),
+        ({"bias": True}, "task.head_bias=true (GPT2ForSequenceClassification's score has no bias"),
+    ):
+        changed = dataclasses.replace(record, head_config={**record.head_config, **head})
+        with pytest.raises(ConfigError) as error:
+            transformers_target(changed)
+        message = str(error.value)
+        assert message.startswith(f"format=transformers: cannot export this model: {named}") and "\n" not in message
 
 
 def bert_finetuned_source(run_dir):

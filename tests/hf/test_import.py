@@ -128,15 +128,16 @@ def test_a_hub_name_offline_and_uncached_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(error.value)
 
 
-def test_classifier_pooling_defaults_to_berts_pooler_only_for_an_imported_bert(bert_dir, gpt2_dir):
-    from attnfit.tasks.classification import default_pooling
+def test_classifier_defaults_follow_the_imported_architectures_classifier(bert_dir, gpt2_dir):
+    from attnfit.tasks.classification import default_head_bias, default_pooling
 
-    assert default_pooling(load_artifact(bert_dir)) == "pooler"
-    assert default_pooling(load_artifact(gpt2_dir)) == "attention"
-    assert default_pooling(None) == "attention"
+    assert default_pooling(load_artifact(bert_dir)) == "pooler" and default_head_bias(load_artifact(bert_dir))
+    assert default_pooling(load_artifact(gpt2_dir)) == "last" and not default_head_bias(load_artifact(gpt2_dir))
+    assert default_pooling(None) == "attention" and default_head_bias(None)
 
 
-def test_a_roberta_sequence_classifier_imports_with_the_same_logits(tmp_path):
+def _roberta_classifier(directory):
+    """A tiny random RobertaForSequenceClassification with three labels, saved to ``directory``."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     from tests.hf.conftest import _roberta_bpe, _scramble
@@ -150,11 +151,83 @@ def test_a_roberta_sequence_classifier_imports_with_the_same_logits(tmp_path):
     torch.manual_seed(0)
     hf = RobertaForSequenceClassification(config).eval()
     _scramble(hf)
+    hf.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return hf
+
+
+def test_a_roberta_sequence_classifier_imports_with_the_same_logits(tmp_path):
+    hf = _roberta_classifier(tmp_path)
+    loaded = attnfit.load_pretrained(tmp_path)
+    assert loaded.record.task == "classification" and loaded.record.label_names == ["neg", "neutral", "pos"]
+    ids, mask = _batch(tmp_path)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+        got = loaded.model(ids, mask == 0).logits
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+
+
+PAIRS = [(TEXTS[0], TEXTS[1]), (TEXTS[2], TEXTS[3]), (TEXTS[4], TEXTS[0]), ("a", "b")]
+
+
+@pytest.mark.parametrize("which", ["bert_dir", "roberta_dir"])
+def test_pair_ids_equal_transformers(which, request):
+    from transformers import AutoTokenizer
+
+    from attnfit.data.classification import encode_for_classification
+
+    directory = request.getfixturevalue(which)
+    theirs = AutoTokenizer.from_pretrained(str(directory))
+    _, ours = attnfit.load_pretrained(directory)
+    expected = [theirs(a, b)["input_ids"] for a, b in PAIRS]
+    assert [encode_for_classification(a, ours, 64, b) for a, b in PAIRS] == expected
+    if which == "roberta_dir":  # <s> A </s></s> B </s>
+        assert all(row.count(theirs.sep_token_id) == 3 for row in expected)
+
+
+def test_roberta_pair_classification_equals_transformers(tmp_path):
+    from transformers import AutoTokenizer
+
+    from attnfit.data.classification import encode_for_classification
+
+    hf = _roberta_classifier(tmp_path)
+    loaded = attnfit.load_pretrained(tmp_path)
+    # RoBERTa has no token types: the doubled </s> must not turn into segment ids.
+    assert loaded.record.model_config.get("segment_sep_id") is None
+    encoded = AutoTokenizer.from_pretrained(str(tmp_path))(
+        [a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True, return_tensors="pt"
+    )
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    assert (mask == 0).any(), "the batch must hold padding"
+    rows = [encode_for_classification(a, loaded.tokenizer, 64, b) for a, b in PAIRS]
+    assert rows == [row[: int(n)].tolist() for row, n in zip(ids, mask.sum(1), strict=True)]
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+        got = loaded.model(ids, mask == 0).logits
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+
+
+def test_a_gpt2_sequence_classifier_imports_with_the_same_logits(tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from tests.hf.conftest import _byte_bpe, _scramble
+
+    tokenizer = _byte_bpe()
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=eos, eos_token_id=eos,
+        pad_token_id=eos, num_labels=3, id2label={0: "neg", 1: "neutral", 2: "pos"},
+        label2id={"neg": 0, "neutral": 1, "pos": 2},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = GPT2ForSequenceClassification(config).eval()
+    _scramble(hf)
     hf.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     loaded = attnfit.load_pretrained(tmp_path)
     assert loaded.record.task == "classification" and loaded.record.label_names == ["neg", "neutral", "pos"]
-    ids, mask = _batch(tmp_path)
+    assert loaded.record.head_config["pooling"] == "last" and loaded.record.head_config["bias"] is False
+    ids, mask = _batch(tmp_path)  # padded with <|endoftext|>, the pad token transformers skips
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask).logits
         got = loaded.model(ids, mask == 0).logits
