@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,20 +40,86 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("attnfit-cache")
 
 
+class WarmPython:
+    """``tests/warm_python.py`` in a subprocess: ``python -m attnfit.<verb>`` without the import time (see there)."""
+
+    def __init__(self, env: dict[str, str], scratch: Path) -> None:
+        self.env, self.scratch, self.calls, self.lock = env, scratch, 0, threading.Lock()
+        requests_read, self._requests = os.pipe()
+        self._replies, replies_write = os.pipe()
+        script = Path(__file__).with_name("warm_python.py")
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), str(requests_read), str(replies_write)],
+            env=env,
+            pass_fds=(requests_read, replies_write),
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(requests_read)
+        os.close(replies_write)
+        self.requests, self.replies = os.fdopen(self._requests, "w"), os.fdopen(self._replies, "r")
+
+    def run(self, module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float):
+        with self.lock:
+            self.calls += 1
+            out, err = self.scratch / f"{self.calls}.out", self.scratch / f"{self.calls}.err"
+            request = {"module": module, "args": args, "cwd": str(cwd), "env": env, "timeout": timeout}
+            self.requests.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}) + "\n")
+            self.requests.flush()
+            returncode = json.loads(self.replies.readline())["returncode"]
+        stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+        if returncode == -9:
+            raise subprocess.TimeoutExpired([module, *args], timeout, stdout, stderr)
+        return subprocess.CompletedProcess([sys.executable, "-m", module, *args], returncode, stdout, stderr)
+
+    def same_env(self, env: dict[str, str]) -> bool:
+        def settled(e: dict[str, str]) -> dict[str, str]:  # pytest names the current test in PYTEST_CURRENT_TEST
+            return {k: v for k, v in e.items() if not k.startswith("PYTEST_")}
+
+        return settled(env) == settled(self.env)
+
+    def close(self) -> None:
+        self.requests.close()
+        self.process.wait(timeout=30)
+
+
+def cli_env(cache_dir: Path) -> dict[str, str]:
+    return {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def warm_python(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One per test worker; ``ATTNFIT_TEST_SUBPROCESS=1`` turns it off (every CLI run a fresh interpreter)."""
+    if os.environ.get("ATTNFIT_TEST_SUBPROCESS") == "1":
+        yield None
+        return
+    warm = WarmPython(cli_env(cache_dir), tmp_path_factory.mktemp("warm-python"))
+    yield warm
+    warm.close()
+
+
+FRESH_PROCESS_ARGS = ("trainer=ddp", "trainer=fsdp")  # launchers that re-execute the command line: the real thing
+
+
 @pytest.fixture
-def run_cli(cache_dir: Path, tmp_path: Path):
-    """Run ``python -m attnfit.<verb> ARGS`` in ``tmp_path``; returns the CompletedProcess."""
+def run_cli(cache_dir: Path, tmp_path: Path, warm_python: WarmPython | None):
+    """Run ``python -m attnfit.<verb> ARGS`` in ``tmp_path``; returns the CompletedProcess. Forked from the warm
+    interpreter when the environment is the one it started with (a test that changed an environment variable,
+    which a module may have read when it was imported, gets a fresh interpreter, as do DDP/FSDP runs)."""
 
     def run(verb: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.run(
-            [sys.executable, "-m", f"attnfit.{verb}", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        env = cli_env(cache_dir)
+        launcher = any(a.startswith(FRESH_PROCESS_ARGS) for a in args)
+        if warm_python is None or launcher or not warm_python.same_env(env):
+            proc = subprocess.run(
+                [sys.executable, "-m", f"attnfit.{verb}", *args],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        else:
+            proc = warm_python.run(f"attnfit.{verb}", list(args), tmp_path, env, timeout=300)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"attnfit.{verb} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -110,7 +110,7 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
         encoded = {name: tokenize_for_lm(ds, tokenizer, seq_len, packing=packing) for name, ds in splits.items()}
     vocab_size = tokenizer.get_vocab_size()
     with timed(timings, "unigram_baseline_s"):
-        train_ids, val_ids = encoded["train"]["input_ids"], encoded["validation"]["input_ids"]
+        train_ids, val_ids = (encoded[s].with_format("arrow")["input_ids"] for s in ("train", "validation"))
         baseline = unigram_cross_entropy(train_ids, val_ids, vocab_size)
     pad_id = special_token_id(tokenizer, "pad")
     if "mask_prob" in cfg.task:  # masked objectives (mlm, electra)

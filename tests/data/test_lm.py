@@ -165,6 +165,8 @@ def test_unigram_cross_entropy_by_hand():
     assert unigram_cross_entropy([[0, 1], [1]], [[1, 2]], vocab_size=3) == pytest.approx(expected)
     ds = Dataset.from_dict({"input_ids": [[0, 1], [1]]})
     assert unigram_cross_entropy(ds["input_ids"], [torch.tensor([1, 2])], 3) == pytest.approx(expected)
+    arrow = ds.shuffle(seed=0).with_format("arrow")["input_ids"]  # the fast path; an index mapping too
+    assert unigram_cross_entropy(arrow, [[1, 2]], 3) == pytest.approx(expected)
     with pytest.raises(DataError, match=r"\[0, 3\)"):
         unigram_cross_entropy([[0]], [[3]], vocab_size=3)
     with pytest.raises(DataError, match="no evaluation tokens"):

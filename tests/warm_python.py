@@ -1,0 +1,74 @@
+"""A Python that has already imported what every ``python -m attnfit.<verb>`` imports, and forks for each run.
+
+On the test machine importing Lightning, torch and their dependencies costs about ten seconds, most of a tiny CLI
+run; the suite starts a few hundred of them. Each request here forks this warm process: the child changes to the
+run's directory, takes its environment and arguments, points stdout/stderr at files and runs the verb's module as
+``__main__``, exactly as ``python -m`` would, then exits normally (atexit handlers and all). The parent has only
+imported modules, never run anything, so every child starts from the same clean state.
+
+Protocol (file descriptors given on the command line): one JSON request per line ``{"module", "args", "cwd",
+"env", "stdout", "stderr", "timeout"}``, one JSON reply per line ``{"returncode"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+
+
+def _child(request: dict) -> None:
+    """Runs in the forked child; never returns (raises SystemExit)."""
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.argv = [request["module"], *request["args"]]
+    sys.path[0] = request["cwd"]  # as ``python -m``: the working directory first on the path
+    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
+
+
+def _wait(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -signal.SIGKILL
+        time.sleep(0.02)
+
+
+def serve(requests_fd: int, replies_fd: int) -> None:
+    requests, replies = os.fdopen(requests_fd, "r"), os.fdopen(replies_fd, "w")
+    for line in requests:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            requests.close()
+            replies.close()
+            _child(request)
+        replies.write(json.dumps({"returncode": _wait(pid, float(request["timeout"]))}) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    # What every verb imports; nothing is run, so no thread or state exists to fork.
+    import hydra  # noqa: F401
+
+    import attnfit.cli
+    import attnfit.recipes.run
+    import attnfit.tasks  # noqa: F401
+
+    serve(int(sys.argv[1]), int(sys.argv[2]))
