@@ -86,40 +86,43 @@ def cli_env(cache_dir: Path) -> dict[str, str]:
     return {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="session")
+_warm: WarmPython | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
 def warm_python(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """One per test worker; ``ATTNFIT_TEST_SUBPROCESS=1`` turns it off (every CLI run a fresh interpreter)."""
+    global _warm
     if os.environ.get("ATTNFIT_TEST_SUBPROCESS") == "1":
         yield None
         return
-    warm = WarmPython(cli_env(cache_dir), tmp_path_factory.mktemp("warm-python"))
-    yield warm
-    warm.close()
+    _warm = WarmPython(cli_env(cache_dir), tmp_path_factory.mktemp("warm-python"))
+    yield _warm
+    _warm.close()
+    _warm = None
 
 
 FRESH_PROCESS_ARGS = ("trainer=ddp", "trainer=fsdp")  # launchers that re-execute the command line: the real thing
 
 
+def python_m(module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300):
+    """``python -m MODULE ARGS`` in ``cwd``: forked from the warm interpreter when ``env`` is the one it started
+    with (a module may have read an environment variable when it was imported) and no DDP/FSDP launcher has to
+    re-execute the command line; otherwise a fresh interpreter."""
+    launcher = any(a.startswith(FRESH_PROCESS_ARGS) for a in args)
+    if _warm is None or launcher or not _warm.same_env(env):
+        return subprocess.run(
+            [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    return _warm.run(module, list(args), cwd, env, timeout)
+
+
 @pytest.fixture
-def run_cli(cache_dir: Path, tmp_path: Path, warm_python: WarmPython | None):
-    """Run ``python -m attnfit.<verb> ARGS`` in ``tmp_path``; returns the CompletedProcess. Forked from the warm
-    interpreter when the environment is the one it started with (a test that changed an environment variable,
-    which a module may have read when it was imported, gets a fresh interpreter, as do DDP/FSDP runs)."""
+def run_cli(cache_dir: Path, tmp_path: Path):
+    """Run ``python -m attnfit.<verb> ARGS`` in ``tmp_path`` (see :func:`python_m`); returns the CompletedProcess."""
 
     def run(verb: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = cli_env(cache_dir)
-        launcher = any(a.startswith(FRESH_PROCESS_ARGS) for a in args)
-        if warm_python is None or launcher or not warm_python.same_env(env):
-            proc = subprocess.run(
-                [sys.executable, "-m", f"attnfit.{verb}", *args],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        else:
-            proc = warm_python.run(f"attnfit.{verb}", list(args), tmp_path, env, timeout=300)
+        proc = python_m(f"attnfit.{verb}", list(args), tmp_path, cli_env(cache_dir))
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"attnfit.{verb} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -109,12 +109,15 @@ def attnfit_module(cfg: Any, vocab: int, total_steps: int) -> Any:
     from attnfit.recipes.common import container
     from attnfit.tasks.language_modeling import model_config_dict
     from attnfit.training.lm_module import LanguageModelingModule
-    from attnfit.training.module import Optimization
+    from attnfit.training.module import Optimization, compile_blocks
 
     model_config = ModelConfig.from_dict(model_config_dict(cfg, vocab, PAD_ID))
     record = ModelRecord(cfg.task.name, model_config.to_dict(), tokenizer_json="")
     optimization = Optimization(container(cfg.optimizer), container(cfg.scheduler), total_steps)
-    return LanguageModelingModule(LanguageModel(model_config), record, optimization, compile=bool(cfg.compile))
+    module = LanguageModelingModule(LanguageModel(model_config), record, optimization)
+    if cfg.compile:
+        compile_blocks(module.model)
+    return module
 
 
 def _init_weights(module: Any) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,13 +23,11 @@ from attnfit.recipes.checks import check_common
 from attnfit.recipes.predict import check_counts
 from attnfit.runs.status import run_recorded
 from attnfit.training.checkpoint_io import AtomicCheckpointIO
-from tests.conftest import TINY
+from tests.conftest import TINY, cli_env, python_m
 
 
 def cli(cache_dir: Path, cwd: Path, verb: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", f"attnfit.{verb}", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return python_m(f"attnfit.{verb}", list(args), cwd, cli_env(cache_dir))
 
 
 def assert_one_line(proc: subprocess.CompletedProcess, expected: str) -> None:

@@ -30,21 +30,11 @@ FT = [
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, cache_dir) -> Path:
     """One tiny pretrained MLM run shared by the tests of this module."""
-    import os
-    import subprocess
-    import sys
+    from tests.conftest import cli_env, python_m
 
     run_dir = tmp_path_factory.mktemp("pretrained") / "run"
-    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir)}
     args = [*TINY, "task=mlm", "encoder.num_layers=2", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "attnfit.train", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=run_dir.parent,
-    )
+    proc = python_m("attnfit.train", args, run_dir.parent, cli_env(cache_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import attnfit
-from tests.conftest import TINY
+from tests.conftest import TINY, cli_env, python_m
 
 QA = [
     *(o for o in TINY if not o.startswith(("data.seq_len", "data.batch_size"))),
@@ -29,11 +29,7 @@ QA = [
 def qa_run(tmp_path_factory, cache_dir) -> Path:
     """One tiny QA run (concat interaction, from scratch) shared by this module's tests."""
     run_dir = tmp_path_factory.mktemp("qa") / "run"
-    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "attnfit.train", *QA, f"hydra.run.dir={run_dir}"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = python_m("attnfit.train", [*QA, f"hydra.run.dir={run_dir}"], run_dir.parent, cli_env(cache_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 

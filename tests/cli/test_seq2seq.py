@@ -4,9 +4,6 @@ with beam search, translate with alignment heat maps, export and reload it; and 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import pytest
 import torch
 
 import attnfit
+from tests.conftest import cli_env, python_m
 
 # The cheapest setting found that learns the toy translation reliably: val BLEU 93.6 / 94.0 / 94.2 with seeds
 # 42 / 1 / 7 after 300 steps (about 25 s on one loaded core). A bidirectional GRU encoder learns the reorderings
@@ -56,15 +54,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 def translation_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """One trained seq2seq run shared by the tests of this module."""
     run_dir = tmp_path_factory.mktemp("seq2seq") / "run"
-    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", **ONE_THREAD}
-    proc = subprocess.run(
-        [sys.executable, "-m", "attnfit.train", *SEQ2SEQ, f"hydra.run.dir={run_dir}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=run_dir.parent,
-    )
+    proc = python_m("attnfit.train", [*SEQ2SEQ, f"hydra.run.dir={run_dir}"], run_dir.parent, cli_env(cache_dir))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
 
