@@ -177,19 +177,10 @@ FT = [
 
 def _finetune(run_dir: Path, source: Path, cache_dir: Path, *overrides: str) -> tuple[Path, str]:
     """``attnfit-finetune pretrained=SOURCE`` on the embedded classification data, a few steps: (run, stdout)."""
-    import os
-    import subprocess
-    import sys
+    from tests.conftest import cli_env, python_m
 
-    env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "attnfit.finetune", f"pretrained={source}", *FT, *overrides, f"hydra.run.dir={run_dir}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=run_dir.parent,
-    )
+    args = [f"pretrained={source}", *FT, *overrides, f"hydra.run.dir={run_dir}"]
+    proc = python_m("attnfit.finetune", args, run_dir.parent, cli_env(cache_dir))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir, proc.stdout + proc.stderr
 
