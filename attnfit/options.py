@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from attnfit.atomic import atomic_write
 from attnfit.errors import AttnfitError, ConfigError
 
 
@@ -89,9 +90,10 @@ def output_file(path: str | Path, key: str) -> Path:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a result file; a full disk or a vanished directory is one line, not a traceback."""
+    """Write a result file whole or not at all (a crash never leaves half a file); a full disk or an unwritable
+    directory is one line, not a traceback."""
     try:
-        path.write_text(text, encoding="utf-8")
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except OSError as error:
         raise AttnfitError(f"cannot write {path}: {error.strerror or error}") from None
 
@@ -119,3 +121,21 @@ def input_length(requested: Any, positions: int) -> int:
             "longer than it are cut to it"
         )
     return requested
+
+
+def lightning_class(where: str, spec: Any, base: type, example: str) -> type:
+    """The class named by ``spec._target_`` at config path ``where``, a subclass of ``base`` (a Lightning callback
+    or logger); a missing, unimportable or wrong ``_target_`` is one ConfigError naming ``where``."""
+    from hydra.utils import get_class
+
+    kind = f"Lightning {base.__name__.lower()}"
+    target = spec.get("_target_") if isinstance(spec, DictConfig) else None
+    if not target:
+        raise ConfigError(f"{where} has no _target_: give a {kind} class, e.g. {example}")
+    try:
+        cls = get_class(target)
+    except Exception as error:
+        raise ConfigError(f"{where}._target_={target} cannot be imported: {error}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{where}._target_={target} is not a {kind}")
+    return cls

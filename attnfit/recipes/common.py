@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from omegaconf import DictConfig
 
 from attnfit.errors import ConfigError, TrainingInterrupted
-from attnfit.options import container
+from attnfit.options import container, lightning_class
 from attnfit.recipes.checks import trainer_kwargs
 from attnfit.training.callbacks import (
     GracefulShutdown,
@@ -126,31 +126,20 @@ def check_callbacks(cfg: DictConfig) -> dict[str, type]:
     """``{name: class}`` of ``callbacks.extra``; a key of ``callbacks`` attnfit does not know (a Lightning callback
     put beside attnfit's, ``+callbacks.swa._target_=…``) or an entry without an importable Lightning callback class
     is a one-line ConfigError, not a callback silently ignored."""
-    from hydra.utils import get_class
-
     section = cfg.get("callbacks") or {}
     for key in section:
         if key not in CALLBACK_KEYS:
             where = f"callbacks.{key}"
             hint = f"; a Lightning callback goes under callbacks.extra: +callbacks.extra.{key}._target_=CLASS"
             raise ConfigError(f"unknown key {where}; attnfit's callback keys: {', '.join(CALLBACK_KEYS)}{hint}")
-    classes = {}
-    for name, spec in (section.get("extra") or {}).items():
-        target = spec.get("_target_") if isinstance(spec, DictConfig) else None
-        if not target:
-            raise ConfigError(
-                f"callbacks.extra.{name} has no _target_: give a Lightning callback class, e.g. "
-                f"+callbacks.extra.{name}._target_=lightning.pytorch.callbacks.EMAWeightAveraging (presets: "
-                "callbacks/extra=ema|swa)"
-            )
-        try:
-            cls = get_class(target)
-        except Exception as error:
-            raise ConfigError(f"callbacks.extra.{name}._target_={target} cannot be imported: {error}") from None
-        if not (isinstance(cls, type) and issubclass(cls, L.Callback)):
-            raise ConfigError(f"callbacks.extra.{name}._target_={target} is not a Lightning callback")
-        classes[str(name)] = cls
-    return classes
+    example = (
+        "+callbacks.extra.{0}._target_=lightning.pytorch.callbacks.EMAWeightAveraging (presets: "
+        "callbacks/extra=ema|swa)"
+    )
+    return {
+        str(name): lightning_class(f"callbacks.extra.{name}", spec, L.Callback, example.format(name))
+        for name, spec in (section.get("extra") or {}).items()
+    }
 
 
 def config_callbacks(cfg: DictConfig) -> list[L.Callback]:

@@ -171,36 +171,16 @@ class QuestionAnswering(Task):
     def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
         """The best answer (and ``n_best`` candidates) to each ``question<TAB>context``, over all windows of the
         context; weights: the backbone's maps of the best answer's window and its context→question attention."""
-        from datasets import Dataset
-
-        from attnfit.data.qa import QACollator, tokenize_for_qa
-        from attnfit.data.qa_metrics import best_spans
         from attnfit.tasks.base import attention_maps, rounded
         from attnfit.viz import token_strings
 
-        tokenizer, decode = artifact.record.tokenizers()[0], artifact.record.decode or {}
-        window = {key: int(decode[key]) for key in WINDOW_KEYS}
-        max_answer_len = int(options.get("max_answer_len") or decode.get("max_answer_len", 30))
+        tokenizer = artifact.record.tokenizers()[0]
         results = []
-        for index, text in enumerate(inputs):
+        for text in inputs:
             question, tab, context = text.partition("\t")
             if not tab or not question.strip() or not context.strip():
                 raise DataError("a QA model answers a question about a context: give both, non-empty")
-            row = {"id": str(index), "title": "", "paragraph": "", "question": question, "context": context}
-            row.update(answer_texts=[], answer_starts=[])
-            windows = tokenize_for_qa(Dataset.from_list([row]), tokenizer, **window, split="predict")
-            batch = QACollator(0)([windows[i] for i in range(len(windows))])
-            with torch.no_grad():
-                output = model(batch["input_ids"], batch["padding_mask"], batch["segment_ids"], need_weights)
-            lengths = (~batch["padding_mask"]).sum(1).tolist()
-            spans = best_spans(
-                [output.start_logits[i, :n] for i, n in enumerate(lengths)],
-                [output.end_logits[i, :n] for i, n in enumerate(lengths)],
-                [windows[i]["offsets"] for i in range(len(windows))],
-                context,
-                max_answer_len,
-                int(options.get("n_best") or 5),
-            )
+            batch, output, lengths, spans = answer_spans(model, artifact, question, context, options, need_weights)
             best = spans[0] if spans else None
             record: dict[str, Any] = {
                 "question": question,
@@ -225,35 +205,14 @@ class QuestionAnswering(Task):
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
         """The best answers (``n_best``) of ``question<TAB>context``; with ``heatmap=true`` the question→context
         attention and the start/end probabilities over the context as a PNG."""
-        from datasets import Dataset
-
-        from attnfit.data.qa import QACollator, tokenize_for_qa
-        from attnfit.data.qa_metrics import best_spans
-
         question, tab, context = text.partition("\t")
         if not tab or not question.strip() or not context.strip():
             raise DataError(
                 "a QA model answers a question about a context: give question=... context=... "
                 "(or text=QUESTION<TAB>CONTEXT, one per line in file=)"
             )
-        tokenizer, decode = artifact.record.tokenizers()[0], artifact.record.decode or {}
-        row = {"id": str(index), "title": "", "paragraph": "", "question": question, "context": context}
-        row.update(answer_texts=[], answer_starts=[])  # nothing to score: only the windows are needed
-        window = {key: int(decode[key]) for key in WINDOW_KEYS}
-        windows = tokenize_for_qa(Dataset.from_list([row]), tokenizer, **window, split="predict")
-        batch = QACollator(0)([windows[i] for i in range(len(windows))])
-        with torch.no_grad():
-            output = model(batch["input_ids"], batch["padding_mask"], batch["segment_ids"], bool(cfg.heatmap))
-        lengths = (~batch["padding_mask"]).sum(1).tolist()
-        max_answer_len = int(cfg.get("max_answer_len") or decode.get("max_answer_len", 30))
-        spans = best_spans(
-            [output.start_logits[i, :n] for i, n in enumerate(lengths)],
-            [output.end_logits[i, :n] for i, n in enumerate(lengths)],
-            [windows[i]["offsets"] for i in range(len(windows))],
-            context,
-            max_answer_len,
-            int(cfg.get("n_best") or 5),
-        )
+        batch, output, lengths, spans = answer_spans(model, artifact, question, context, cfg, bool(cfg.heatmap))
+        tokenizer = artifact.record.tokenizers()[0]
         best = spans[0] if spans else None
         shown = f"\033[1m{best.text}\033[0m  (p={best.probability:.3f})" if best else "(no span found)"
         print(f"Q: {question}\nA: {shown}")
@@ -280,6 +239,36 @@ class QuestionAnswering(Task):
             print(f"attention heat map: {path}")
             result["heatmap"] = str(path)
         return result
+
+
+def answer_spans(
+    model: nn.Module, artifact: Artifact, question: str, context: str, options: Any, weights: bool
+) -> tuple:
+    """``(batch, output, lengths, spans)``: the model run over every window of ``context`` and its ``n_best`` answer
+    spans, best first (``options``: ``n_best``, ``max_answer_len``; the checkpoint's windowing)."""
+    from datasets import Dataset
+
+    from attnfit.data.qa import QACollator, tokenize_for_qa
+    from attnfit.data.qa_metrics import best_spans
+
+    tokenizer, decode = artifact.record.tokenizers()[0], artifact.record.decode or {}
+    row = {"id": "0", "title": "", "paragraph": "", "question": question, "context": context}
+    row.update(answer_texts=[], answer_starts=[])  # nothing to score: only the windows are needed
+    window = {key: int(decode[key]) for key in WINDOW_KEYS}
+    windows = tokenize_for_qa(Dataset.from_list([row]), tokenizer, **window, split="predict")
+    batch = QACollator(0)([windows[i] for i in range(len(windows))])
+    with torch.no_grad():
+        output = model(batch["input_ids"], batch["padding_mask"], batch["segment_ids"], weights)
+    lengths = (~batch["padding_mask"]).sum(1).tolist()
+    spans = best_spans(
+        [output.start_logits[i, :n] for i, n in enumerate(lengths)],
+        [output.end_logits[i, :n] for i, n in enumerate(lengths)],
+        [windows[i]["offsets"] for i in range(len(windows))],
+        context,
+        int(options.get("max_answer_len") or decode.get("max_answer_len", 30)),
+        int(options.get("n_best") or 5),
+    )
+    return batch, output, lengths, spans
 
 
 def save_qa_figure(tokenizer: Any, batch: dict, output: Any, w: int, length: int, answer: str, path: Path) -> None:

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from attnfit.errors import ConfigError
+from attnfit.options import lightning_class
 
 log = logging.getLogger("attnfit")
 
@@ -30,25 +31,14 @@ NEEDS = {"MLFlowLogger": "mlflow-skinny", "WandbLogger": "wandb", "CometLogger":
 def check_loggers(cfg: DictConfig) -> dict[str, type]:
     """``{name: class}`` of ``cfg.logger``; an entry without an importable Lightning logger class is a one-line
     ConfigError (checked before any data is read)."""
-    from hydra.utils import get_class
-
-    classes = {}
-    for name, spec in (cfg.get("logger") or {}).items():
-        target = spec.get("_target_") if isinstance(spec, DictConfig) else None
-        if not target:
-            raise ConfigError(
-                f"logger.{name} has no _target_: each entry of logger is a Lightning logger, e.g. "
-                f"+logger.{name}._target_=lightning.pytorch.loggers.CSVLogger (or choose logger=tensorboard|csv|mlflow|"
-                "wandb, several as logger=[tensorboard,mlflow])"
-            )
-        try:
-            cls = get_class(target)
-        except Exception as error:
-            raise ConfigError(f"logger.{name}._target_={target} cannot be imported: {error}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Logger)):
-            raise ConfigError(f"logger.{name}._target_={target} is not a Lightning logger")
-        classes[str(name)] = cls
-    return classes
+    example = (
+        "+logger.{0}._target_=lightning.pytorch.loggers.CSVLogger (or choose logger=tensorboard|csv|mlflow|wandb, "
+        "several as logger=[tensorboard,mlflow])"
+    )
+    return {
+        str(name): lightning_class(f"logger.{name}", spec, Logger, example.format(name))
+        for name, spec in (cfg.get("logger") or {}).items()
+    }
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:

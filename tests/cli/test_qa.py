@@ -94,7 +94,7 @@ def test_a_tiny_qa_model_learns_the_embedded_task(run_cli, tmp_path, cache_dir):
     args = [a for a in QA if a.split("=")[0] not in ("model.dim", "attention.num_heads", "encoder.num_layers")]
     args = [a for a in args if not a.startswith(("trainer.max_steps", "trainer.val_check", "trainer.limit_val"))]
     args += ["model.dim=64", "attention.num_heads=4", "encoder.num_layers=2", "tokenizer.vocab_size=400"]
-    args += ["trainer.max_steps=1500", "trainer.val_check_interval=500", "optimizer.lr=3e-3", "data.batch_size=32"]
+    args += ["trainer.max_steps=1000", "trainer.val_check_interval=500", "optimizer.lr=3e-3", "data.batch_size=32"]
     run_cli("train", *args, f"hydra.run.dir={run_dir}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnfit.errors import AttnfitError
+from attnfit.options import write_text
 from attnfit.training.checkpoint_io import AtomicCheckpointIO
-from tests.conftest import TINY
+from tests.conftest import TINY, cli_env, python_m
 
 DIVERGE = ["optimizer.lr=1e30", "trainer.gradient_clip_val=null", "scheduler.warmup_steps=0"]
 
@@ -94,6 +96,16 @@ def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "last.ckpt"])
 
 
+def test_result_files_are_written_whole_or_not_at_all(tmp_path):
+    result = tmp_path / "metrics.json"
+    write_text(result, '{"f1": 0.5}\n')
+    with pytest.raises(UnicodeEncodeError):  # the writer fails half-way through the new text
+        write_text(result, '{"f1": 0.9, "note": "\udc80"}\n')
+    assert result.read_text() == '{"f1": 0.5}\n' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    with pytest.raises(AttnfitError, match=r"^cannot write .*metrics.json/out.json: "):  # a file where a folder goes
+        write_text(result / "out.json", "{}")
+
+
 # --- Exact resume: kill -9, SIGTERM and Ctrl-C at random steps end where an uninterrupted run ends ---------------
 
 # MLM (random masks), dropout on, an epoch of 8 batches (so resumes land mid-epoch and on epoch boundaries),
@@ -111,9 +123,18 @@ EXACT = [
 
 
 def _train(cache_dir: Path, run_dir: Path, *args: str) -> subprocess.Popen:
+    """A training run in its own fresh process, to be signalled or killed."""
     env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "attnfit.train", *EXACT, f"hydra.run.dir={run_dir}", *args]
     return subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _train_to_end(cache_dir: Path, run_dir: Path, *args: str) -> str:
+    """A training run nobody interrupts (forked from the warm interpreter, see tests/warm_python.py); its stderr."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    proc = python_m("attnfit.train", [*EXACT, f"hydra.run.dir={run_dir}", *args], run_dir.parent, cli_env(cache_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
 
 
 def _interrupt_at(proc: subprocess.Popen, run_dir: Path, step: int, signum: int) -> tuple[int, str]:
@@ -142,9 +163,7 @@ def _assert_same_state(resumed: Path, reference: Path) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = _train(cache_dir, run_dir)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    _train_to_end(cache_dir, run_dir)
     return run_dir
 
 
@@ -154,9 +173,7 @@ def test_kill_9_at_random_steps_then_resume_gives_the_same_final_weights(cache_d
     for step in (first, second):
         code, stderr = _interrupt_at(_train(cache_dir, run_dir, "ckpt_path=auto"), run_dir, step, signal.SIGKILL)
         assert code == -signal.SIGKILL, f"not killed at step {step}: {stderr[-2000:]}"
-    proc = _train(cache_dir, run_dir, "ckpt_path=auto")
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    _train_to_end(cache_dir, run_dir, "ckpt_path=auto")
     _assert_same_state(run_dir, uninterrupted)
 
 
@@ -172,9 +189,7 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_exit_cleanly_and_resume_exactly(ca
         saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         assert step <= saved < 20
         assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
-    proc = _train(cache_dir, run_dir, "ckpt_path=auto")
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    _train_to_end(cache_dir, run_dir, "ckpt_path=auto")
     _assert_same_state(run_dir, uninterrupted)
 
 
@@ -183,17 +198,11 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_exit_cleanly_and_resume_exactly(ca
 SPAN = "scheduler.decay_steps=20"  # the uninterrupted run's schedule span, kept fixed while max_steps grows
 
 
-def _finish(proc: subprocess.Popen) -> str:
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    return stderr
-
-
 @pytest.fixture(scope="module")
 def stopped_at_13(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run that ended on max_steps=13: mid-epoch (epochs are 8 batches), between two validations."""
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
-    _finish(_train(cache_dir, run_dir, "trainer.max_steps=13", SPAN))
+    _train_to_end(cache_dir, run_dir, "trainer.max_steps=13", SPAN)
     return run_dir
 
 
@@ -204,24 +213,24 @@ def test_continuing_a_finished_run_from_any_of_its_checkpoints_is_exact(
     directory = stopped_at_13 / "checkpoints"
     path = next(directory.glob("best-*.ckpt")) if checkpoint == "best" else directory / checkpoint
     run_dir = tmp_path / "continued"
-    _finish(_train(cache_dir, run_dir, "trainer.max_steps=20", SPAN, f"ckpt_path={path}"))
+    _train_to_end(cache_dir, run_dir, "trainer.max_steps=20", SPAN, f"ckpt_path={path}")
     _assert_same_state(run_dir, uninterrupted)
 
 
 def test_continuing_from_an_epoch_boundary_and_after_sigterm_is_exact(cache_dir, tmp_path, uninterrupted):
     boundary = tmp_path / "boundary"  # 16 steps = exactly two epochs
-    _finish(_train(cache_dir, boundary, "trainer.max_steps=16", SPAN))
+    _train_to_end(cache_dir, boundary, "trainer.max_steps=16", SPAN)
     continued = tmp_path / "continued-boundary"
-    _finish(_train(cache_dir, continued, SPAN, f"ckpt_path={boundary / 'checkpoints' / 'last.ckpt'}"))
+    _train_to_end(cache_dir, continued, SPAN, f"ckpt_path={boundary / 'checkpoints' / 'last.ckpt'}")
     _assert_same_state(continued, uninterrupted)
 
     stopped = tmp_path / "sigterm"  # SIGTERM, resumed to its own end (13), then continued to 20
     code, stderr = _interrupt_at(_train(cache_dir, stopped, "trainer.max_steps=13", SPAN), stopped, 4, signal.SIGTERM)
     assert code == 143, stderr[-3000:]
     assert f"continue it exactly with the same command and ckpt_path={stopped}" in stderr
-    _finish(_train(cache_dir, stopped, "trainer.max_steps=13", SPAN, "ckpt_path=auto"))
+    _train_to_end(cache_dir, stopped, "trainer.max_steps=13", SPAN, "ckpt_path=auto")
     continued = tmp_path / "continued-sigterm"
-    stderr = _finish(_train(cache_dir, continued, SPAN, f"ckpt_path={stopped / 'checkpoints' / 'last.ckpt'}"))
+    _train_to_end(cache_dir, continued, SPAN, f"ckpt_path={stopped / 'checkpoints' / 'last.ckpt'}")
     _assert_same_state(continued, uninterrupted)
 
 

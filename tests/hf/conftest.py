@@ -89,6 +89,16 @@ def _scramble(model: torch.nn.Module) -> None:
             param.copy_(torch.randn(param.shape, generator=generator) * 0.3 + (1.0 if param.dim() == 1 else 0.0))
 
 
+def _saved(model_class: type, config: object, tokenizer: object, out: Path) -> Path:
+    """A scrambled ``model_class(config)`` saved with its tokenizer in ``out``, as a Hub download would be."""
+    torch.manual_seed(0)
+    model = model_class(config).eval()
+    _scramble(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import BertConfig, BertForPreTraining
@@ -98,13 +108,8 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    torch.manual_seed(0)
-    model = BertForPreTraining(config).eval()  # with the pooler, as published BERT checkpoints are
-    _scramble(model)
-    out = tmp_path_factory.mktemp("hf-bert")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    # with the pooler, as published BERT checkpoints are
+    return _saved(BertForPreTraining, config, tokenizer, tmp_path_factory.mktemp("hf-bert"))
 
 
 @pytest.fixture(scope="session")
@@ -116,13 +121,7 @@ def distilbert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
         pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    torch.manual_seed(0)
-    model = DistilBertForMaskedLM(config).eval()
-    _scramble(model)
-    out = tmp_path_factory.mktemp("hf-distilbert")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _saved(DistilBertForMaskedLM, config, tokenizer, tmp_path_factory.mktemp("hf-distilbert"))
 
 
 @pytest.fixture(scope="session")
@@ -135,13 +134,7 @@ def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=66, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=0, eos_token_id=2,
     )  # fmt: skip
-    torch.manual_seed(0)
-    model = RobertaForMaskedLM(config).eval()
-    _scramble(model)
-    out = tmp_path_factory.mktemp("hf-roberta")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _saved(RobertaForMaskedLM, config, tokenizer, tmp_path_factory.mktemp("hf-roberta"))
 
 
 @pytest.fixture(scope="session")
@@ -153,13 +146,7 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = GPT2Config(
         vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=eos, eos_token_id=eos
     )
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config).eval()
-    _scramble(model)
-    out = tmp_path_factory.mktemp("hf-gpt2")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _saved(GPT2LMHeadModel, config, tokenizer, tmp_path_factory.mktemp("hf-gpt2"))
 
 
 FT = [
