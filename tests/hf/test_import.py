@@ -140,7 +140,7 @@ def _roberta_classifier(directory):
     """A tiny random RobertaForSequenceClassification with three labels, saved to ``directory``."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from tests.hf.conftest import _roberta_bpe, _scramble
+    from tests.hf.conftest import _roberta_bpe, _saved
 
     tokenizer = _roberta_bpe()
     config = RobertaConfig(
@@ -148,12 +148,8 @@ def _roberta_classifier(directory):
         max_position_embeddings=66, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id, num_labels=3,
         id2label={0: "neg", 1: "neutral", 2: "pos"}, label2id={"neg": 0, "neutral": 1, "pos": 2},
     )  # fmt: skip
-    torch.manual_seed(0)
-    hf = RobertaForSequenceClassification(config).eval()
-    _scramble(hf)
-    hf.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return hf
+    _saved(RobertaForSequenceClassification, config, tokenizer, directory)
+    return RobertaForSequenceClassification.from_pretrained(str(directory)).eval()
 
 
 def test_a_roberta_sequence_classifier_imports_with_the_same_logits(tmp_path):
@@ -210,7 +206,7 @@ def test_roberta_pair_classification_equals_transformers(tmp_path):
 def test_a_gpt2_sequence_classifier_imports_with_the_same_logits(tmp_path):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    from tests.hf.conftest import _byte_bpe, _scramble
+    from tests.hf.conftest import _byte_bpe, _saved
 
     tokenizer = _byte_bpe()
     eos = tokenizer.eos_token_id
@@ -219,11 +215,8 @@ def test_a_gpt2_sequence_classifier_imports_with_the_same_logits(tmp_path):
         pad_token_id=eos, num_labels=3, id2label={0: "neg", 1: "neutral", 2: "pos"},
         label2id={"neg": 0, "neutral": 1, "pos": 2},
     )  # fmt: skip
-    torch.manual_seed(0)
-    hf = GPT2ForSequenceClassification(config).eval()
-    _scramble(hf)
-    hf.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    _saved(GPT2ForSequenceClassification, config, tokenizer, tmp_path)
+    hf = GPT2ForSequenceClassification.from_pretrained(str(tmp_path)).eval()
     loaded = attnfit.load_pretrained(tmp_path)
     assert loaded.record.task == "classification" and loaded.record.label_names == ["neg", "neutral", "pos"]
     assert loaded.record.head_config["pooling"] == "last" and loaded.record.head_config["bias"] is False
