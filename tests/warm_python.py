@@ -65,9 +65,14 @@ def serve(requests_fd: int, replies_fd: int) -> None:
 
 if __name__ == "__main__":
     # What every verb imports; nothing is run, so no thread or state exists to fork.
+    # attnfit.data brings datasets, pandas and pyarrow: about a second of every train, eval and predict. pyarrow's
+    # jemalloc starts a background thread on import that a forked child lacks; its allocator still works there.
     import hydra  # noqa: F401
+    import rich.progress  # noqa: F401
+    import torch.utils.tensorboard  # noqa: F401
 
     import attnfit.cli
+    import attnfit.data
     import attnfit.recipes.run
     import attnfit.tasks  # noqa: F401
 

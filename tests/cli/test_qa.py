@@ -25,11 +25,19 @@ QA = [
 ]
 
 
+# Enough model and steps to learn the embedded task (the test below checks that it does); still small enough for
+# eval, predict and export to stay quick.
+LEARNS = {"model.dim": 64, "attention.num_heads": 4, "encoder.num_layers": 2, "tokenizer.vocab_size": 400}
+LEARNS |= {"trainer.max_steps": 1000, "trainer.val_check_interval": 500, "trainer.limit_val_batches": 1.0}
+LEARNS |= {"optimizer.lr": 3e-3, "data.batch_size": 32, "trainer.log_every_n_steps": 50}
+QA_LEARNS = [*(a for a in QA if a.split("=")[0] not in LEARNS), *(f"{k}={v}" for k, v in LEARNS.items())]
+
+
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory, cache_dir) -> Path:
-    """One tiny QA run (concat interaction, from scratch) shared by this module's tests."""
+    """One small QA run (concat interaction, from scratch) that learns the task, shared by this module's tests."""
     run_dir = tmp_path_factory.mktemp("qa") / "run"
-    proc = python_m("attnfit.train", [*QA, f"hydra.run.dir={run_dir}"], run_dir.parent, cli_env(cache_dir))
+    proc = python_m("attnfit.train", [*QA_LEARNS, f"hydra.run.dir={run_dir}"], run_dir.parent, cli_env(cache_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -83,20 +91,14 @@ def test_bidaf_fine_tunes_from_a_pretrained_lm(run_cli, tmp_path, cache_dir):
     assert record["tokenizer"] == (lm / "tokenizer.json").read_text()  # the LM's vocabulary is kept
 
 
-def test_a_tiny_qa_model_learns_the_embedded_task(run_cli, tmp_path, cache_dir):
+def test_a_small_qa_model_learns_the_embedded_task(qa_run, cache_dir):
     """Answering needs the context: every attribute is stated for several people in a paragraph, so the trivial
     baseline (the sentence sharing most words with the question) scores EM 0 and a low F1; the model must beat it
     by far."""
     from attnfit.data.qa import load_qa_splits
     from attnfit.data.qa_metrics import overlap_baseline, squad_scores
 
-    run_dir = tmp_path / "learn"
-    args = [a for a in QA if a.split("=")[0] not in ("model.dim", "attention.num_heads", "encoder.num_layers")]
-    args = [a for a in args if not a.startswith(("trainer.max_steps", "trainer.val_check", "trainer.limit_val"))]
-    args += ["model.dim=64", "attention.num_heads=4", "encoder.num_layers=2", "tokenizer.vocab_size=400"]
-    args += ["trainer.max_steps=1000", "trainer.val_check_interval=500", "optimizer.lr=3e-3", "data.batch_size=32"]
-    run_cli("train", *args, f"hydra.run.dir={run_dir}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((qa_run / "metrics.json").read_text())
 
     test = load_qa_splits("embedded", embedded_dir=cache_dir / "embedded-qa", cache_dir=cache_dir / "datasets")["test"]
     baseline = squad_scores(
