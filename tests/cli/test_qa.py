@@ -27,9 +27,11 @@ QA = [
 
 # Enough model and steps to learn the embedded task (the test below checks that it does); still small enough for
 # eval, predict and export to stay quick.
-LEARNS = {"model.dim": 64, "attention.num_heads": 4, "encoder.num_layers": 2, "tokenizer.vocab_size": 400}
-LEARNS |= {"trainer.max_steps": 1000, "trainer.val_check_interval": 500, "trainer.limit_val_batches": 1.0}
-LEARNS |= {"optimizer.lr": 3e-3, "data.batch_size": 32, "trainer.log_every_n_steps": 50}
+LEARNS = {
+    "model.dim": 64, "attention.num_heads": 4, "encoder.num_layers": 2, "tokenizer.vocab_size": 400,
+    "trainer.max_steps": 1000, "trainer.val_check_interval": 500, "trainer.limit_val_batches": 1.0,
+    "trainer.log_every_n_steps": 50, "optimizer.lr": 3e-3, "data.batch_size": 32,
+}  # fmt: skip
 QA_LEARNS = [*(a for a in QA if a.split("=")[0] not in LEARNS), *(f"{k}={v}" for k, v in LEARNS.items())]
 
 
