@@ -85,13 +85,12 @@ def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[st
 
 
 # Options of attnfit-predict and attnfit-eval that count something: a whole number ≥ 1 (null: the default), so
-# that 0 or a negative number stops here instead of inside a model (top_k) or as an empty result (n_best).
+# that 0 or a negative number stops here instead of inside a model (top_k) or as an empty result (nbest).
 COUNTS = {
     "beam_size": "an integer ≥ 1 (1 = greedy), or null for the checkpoint's",
     "top_k": "an integer ≥ 1 (sample from the k likeliest tokens), or null for no limit",
     "max_new_tokens": "an integer ≥ 1",
-    "n_best": "an integer ≥ 1",
-    "nbest": "an integer ≥ 1 (how many translations to list), or null for one",
+    "nbest": "an integer ≥ 1 (how many answers or translations to list), or null for the task's default",
     "max_answer_len": "an integer ≥ 1 (tokens), or null for the checkpoint's",
     "batch_size": "an integer ≥ 1",
 }

@@ -97,7 +97,7 @@ class AnswerBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str
     context: str
-    n_best: int = Field(5, ge=1, le=20)
+    nbest: int = Field(5, ge=1, le=20, description="how many candidate answers to list")
     max_answer_len: int | None = Field(None, ge=1)
     need_weights: bool = False
 
@@ -202,8 +202,8 @@ def create_app(artifact: Artifact, model: Any = None, limits: Limits | None = No
         new = getattr(body, "max_new_tokens", None)
         if new is not None and new > limits.max_new_tokens:
             raise ApiError(400, f"max_new_tokens={new} exceeds this server's limit of {limits.max_new_tokens}")
-        for key in ("beam_size", "nbest"):
-            value = getattr(body, key, None)
+        for key in ("beam_size", "nbest") if isinstance(body, TranslateBody) else ():  # qa's nbest: ≤ 20 answers
+            value = getattr(body, key)
             if value is not None and value > limits.max_beam:
                 raise ApiError(400, f"{key}={value} exceeds this server's limit of {limits.max_beam}")
 

@@ -169,7 +169,7 @@ class QuestionAnswering(Task):
     endpoint = "answer"
 
     def infer(self, model: nn.Module, artifact: Artifact, inputs: list[str], options: Any, need_weights: bool) -> list:
-        """The best answer (and ``n_best`` candidates) to each ``question<TAB>context``, over all windows of the
+        """The best answer (and ``nbest`` candidates) to each ``question<TAB>context``, over all windows of the
         context; weights: the backbone's maps of the best answer's window and its context→question attention."""
         from attnfit.tasks.base import attention_maps, rounded
         from attnfit.viz import token_strings
@@ -188,7 +188,7 @@ class QuestionAnswering(Task):
                 "answer": best.text if best else "",
                 "probability": round(best.probability, 6) if best else None,
                 "span": [best.char_start, best.char_end] if best else None,
-                "n_best": [{"text": s.text, "probability": round(s.probability, 6)} for s in spans],
+                "nbest": [{"text": s.text, "probability": round(s.probability, 6)} for s in spans],
             }
             if need_weights:
                 w = best.window if best else 0
@@ -203,7 +203,7 @@ class QuestionAnswering(Task):
         return results
 
     def predict(self, model: nn.Module, artifact: Artifact, text: str, cfg: DictConfig, out: Path, index: int) -> dict:
-        """The best answers (``n_best``) of ``question<TAB>context``; with ``heatmap=true`` the question→context
+        """The best answers (``nbest``) of ``question<TAB>context``; with ``heatmap=true`` the question→context
         attention and the start/end probabilities over the context as a PNG."""
         question, tab, context = text.partition("\t")
         if not tab or not question.strip() or not context.strip():
@@ -222,7 +222,7 @@ class QuestionAnswering(Task):
             "answer": best.text if best else "",
             "score": round(best.score, 6) if best else None,
             "span": [best.char_start, best.char_end] if best else None,
-            "n_best": [
+            "nbest": [
                 {
                     "text": s.text,
                     "score": round(s.score, 6),
@@ -244,8 +244,8 @@ class QuestionAnswering(Task):
 def answer_spans(
     model: nn.Module, artifact: Artifact, question: str, context: str, options: Any, weights: bool
 ) -> tuple:
-    """``(batch, output, lengths, spans)``: the model run over every window of ``context`` and its ``n_best`` answer
-    spans, best first (``options``: ``n_best``, ``max_answer_len``; the checkpoint's windowing)."""
+    """``(batch, output, lengths, spans)``: the model run over every window of ``context`` and its ``nbest`` answer
+    spans, best first (``options``: ``nbest``, ``max_answer_len``; the checkpoint's windowing)."""
     from datasets import Dataset
 
     from attnfit.data.qa import QACollator, tokenize_for_qa
@@ -266,7 +266,7 @@ def answer_spans(
         [windows[i]["offsets"] for i in range(len(windows))],
         context,
         int(options.get("max_answer_len") or decode.get("max_answer_len", 30)),
-        int(options.get("n_best") or 5),
+        int(options.get("nbest") or 5),
     )
     return batch, output, lengths, spans
 

@@ -159,7 +159,7 @@ def test_an_input_longer_than_the_model_is_named(models, cache_dir, tmp_path):
     [
         ({"top_k": 0}, "top_k=0 must be an integer ≥ 1"),
         ({"max_new_tokens": -1}, "max_new_tokens=-1 must be an integer ≥ 1"),
-        ({"n_best": 0}, "n_best=0 must be an integer ≥ 1"),
+        ({"nbest": 0}, "nbest=0 must be an integer ≥ 1"),
         ({"batch_size": 0}, "batch_size=0 must be an integer ≥ 1"),
         ({"beam_size": 0}, "beam_size=0 must be an integer ≥ 1"),
         ({"temperature": -1}, "temperature=-1 must be a number ≥ 0"),

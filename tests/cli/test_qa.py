@@ -65,7 +65,7 @@ def test_qa_eval_predict_export_load(run_cli, qa_run, tmp_path):
     result = json.loads((tmp_path / "predictions" / "predictions.jsonl").read_text().splitlines()[0])
     start, end = result["span"]
     assert result["answer"] == context[start:end] and result["answer"]  # a span of the context, in characters
-    assert 1 <= len(result["n_best"]) <= 5 and result["n_best"][0]["text"] == result["answer"]
+    assert 1 <= len(result["nbest"]) <= 5 and result["nbest"][0]["text"] == result["answer"]
     assert (tmp_path / result["heatmap"]).stat().st_size > 0  # relative to where the command ran
 
     export_dir = tmp_path / "export"

@@ -159,6 +159,7 @@ BAD = [
     ("qa", "/v1/answer", {"question": "who?"}, 422, "context: Field required"),
     ("qa", "/v1/answer", {"question": " ", "context": "x"}, 422, "question and context must both be non-empty"),
     ("qa", "/v1/answer", {"text": "who?"}, 422, "text: Extra inputs are not permitted"),
+    ("qa", "/v1/answer", {"question": "a", "context": "b", "nbest": 21}, 422, "nbest: Input should be less than"),
 ]
 
 
