@@ -237,7 +237,6 @@ def adapt(cfg: DictConfig, pretrained: Artifact, prepared: Prepared, steps: int)
         lm.scheduler.warmup_steps = min(int(lm.scheduler.get("warmup_steps") or 0), steps // 10)
     lm.trainer.val_check_interval = min(steps, int(lm.trainer.get("val_check_interval") or steps))
     lm.callbacks.progress_bar = cfg.callbacks.progress_bar  # the pretraining run's own callbacks otherwise
-    lm.logger = OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else None  # this run's loggers
     # This run's loggers, unresolved: their ${paths.output_dir} becomes the adapt directory
     lm.logger = OmegaConf.to_container(cfg.logger, resolve=False) if cfg.get("logger") else None
     if OmegaConf.select(cfg, "finetune.adapt_lr") is not None:

@@ -51,6 +51,8 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         options = OmegaConf.to_container(cfg.logger[name], resolve=True)
         if cls.__name__ == "WandbLogger":
             _wandb_mode(options)
+        if cls.__name__ == "MLFlowLogger":
+            _mlflow_run(options, str(cfg.paths.output_dir), resuming=bool(cfg.get("ckpt_path")))
         try:
             logger = instantiate(options)
         except InstantiationException as error:
@@ -78,6 +80,28 @@ def _wandb_mode(options: dict[str, Any]) -> None:
     except OSError:
         options["offline"] = True
         log.info("W&B: %s cannot be reached; logging offline (wandb sync uploads the run later)", host)
+
+
+RUN_DIR_TAG = "attnfit.run_dir"
+
+
+def _mlflow_run(options: dict[str, Any], run_dir: str, resuming: bool) -> None:
+    """Tag the MLflow run with its run directory; a run resumed in that directory (``ckpt_path=auto`` or the
+    directory itself) continues the newest MLflow run so tagged instead of opening a second one."""
+    options["tags"] = {**(options.get("tags") or {}), RUN_DIR_TAG: run_dir}
+    if not resuming or options.get("run_id"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=options.get("tracking_uri"))
+    experiment = client.get_experiment_by_name(options.get("experiment_name") or "lightning_logs")
+    if experiment is None:
+        return
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    earlier = [r for r in runs if r.data.tags.get(RUN_DIR_TAG) == run_dir]
+    if earlier:
+        options["run_id"] = earlier[0].info.run_id
+        log.info("MLflow: continuing run %s of %s", options["run_id"], run_dir)
 
 
 def log_figure(loggers: list[Logger], tag: str, fig: Any, step: int) -> None:
@@ -127,18 +151,20 @@ def log_final(loggers: list[Logger], hparams: dict[str, Any], metrics: dict[str,
             if config.exists():
                 logger.experiment.add_text("config", f"```yaml\n{config.read_text()}\n```")
             continue
-        logger.log_hyperparams(hparams)
-        if kind == "MLFlowLogger":
+        if kind == "MLFlowLogger":  # MLflow params are write-once: a continued run keeps its first values
+            logged = logger.experiment.get_run(logger.run_id).data.params
+            logger.log_hyperparams({k: v for k, v in hparams.items() if k not in logged})
+        else:
+            logger.log_hyperparams(hparams)
+        if kind in ("MLFlowLogger", "CSVLogger"):
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
-            if config.exists():
-                logger.experiment.log_artifact(logger.run_id, str(config))
+        if kind == "MLFlowLogger" and config.exists():
+            logger.experiment.log_artifact(logger.run_id, str(config))
         elif kind == "WandbLogger":
             logger.experiment.summary.update({f"final/{k}": v for k, v in metrics.items()})
             if config.exists():  # W&B writes its own config.yaml there: attnfit's goes under another name
                 copy = Path(logger.experiment.dir) / "run_config.yaml"
                 copy.write_text(config.read_text())
                 logger.experiment.save(str(copy), base_path=str(copy.parent), policy="now")
-        elif kind == "CSVLogger":
-            logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
     for logger in loggers:
         logger.finalize("success")

@@ -100,6 +100,17 @@ def test_every_logger_gets_metrics_final_hparams_the_config_and_heat_maps(run_cl
     events.Reload()
     assert "attention/example_0" in events.Tags()["images"] and "config/text_summary" in events.Tags()["tensors"]
 
+    # Resumed in place, the run continues its MLflow run: one run, both halves, the first parameter values kept
+    run_cli(
+        "train", *TINY, "task=classification", "data=embedded_classification", "logger=mlflow", "ckpt_path=auto",
+        "trainer.max_steps=9", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    [again] = client.search_runs([experiment.experiment_id])
+    assert again.info.run_id == run.info.run_id and again.data.tags["attnfit.run_dir"] == str(run_dir)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    assert steps[:2] == [2, 5] and len(steps) == 3 and steps[2] > 5  # the first run's two, then the resumed one's
+    assert again.data.params["trainer.max_steps"] == "6" and again.data.metrics["final/step"] == 9
+
 
 def test_an_ema_callback_from_config_saves_the_average_and_an_optimizer_by_target_trains(run_cli, tmp_path):
     run_dir = tmp_path / "run"
