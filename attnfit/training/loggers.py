@@ -91,8 +91,10 @@ def _mlflow_run(options: dict[str, Any], run_dir: str, resuming: bool) -> None:
     options["tags"] = {**(options.get("tags") or {}), RUN_DIR_TAG: run_dir}
     if not resuming or options.get("run_id"):
         return
-    from mlflow.tracking import MlflowClient
-
+    try:
+        from mlflow.tracking import MlflowClient
+    except ModuleNotFoundError:  # instantiating the logger then names the package to install
+        return
     client = MlflowClient(tracking_uri=options.get("tracking_uri"))
     experiment = client.get_experiment_by_name(options.get("experiment_name") or "lightning_logs")
     if experiment is None:
