@@ -47,6 +47,7 @@ STUDY_INFO = "study.json"
 SEARCH_KEYS = {"n_trials", "timeout", "sampler", "pruner", "dir", "params", "storage", "study_name"}
 INTERRUPTED = "interrupted_trials"  # study user attr of older searches: numbers of trials cut short
 HEARTBEAT_S, GRACE_PERIOD_S = 20, 120  # a worker's trials beat every 20 s; silent for 2 minutes: its worker is dead
+ASKED_GRACE_S = 2.0  # a trial just asked for gets this long for its worker to record itself
 
 
 class TrialFailed(Exception):
@@ -339,10 +340,17 @@ def _reclaimer(search_dir: Path, metric: str, mode: str) -> Callable[[Any], None
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        unrecorded = [_age_s(t) for t in running if t.user_attrs.get("worker") is None]
+        if unrecorded and min(unrecorded) < ASKED_GRACE_S:
+            # Just asked for: its worker records itself as the trial starts. Skipping it instead would leave a
+            # trial of a process that died at once running for good when this search started within seconds.
+            time.sleep(ASKED_GRACE_S - min(unrecorded))
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for trial in running:
             worker = trial.user_attrs.get("worker")
-            if worker is None and _age_s(trial) < 2:
-                continue  # just asked for: its worker records itself as the trial starts
+            if worker is None and _age_s(trial) < ASKED_GRACE_S:
+                continue  # asked for while we waited
             if worker is not None and (worker["host"] != _WORKER["host"] or process_alive(worker["pid"])):
                 continue  # alive here, or elsewhere: a dead worker elsewhere is found by its heartbeat
             # no worker recorded for seconds: a trial of an older attnfit's search, whose one process is gone

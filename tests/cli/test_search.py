@@ -137,6 +137,22 @@ def test_a_trial_left_running_is_failed_and_tried_again(search):
     assert json.loads((search_dir / "best.json").read_text())["run_dir"] == str(search_dir / "trial_1")
 
 
+def test_a_trial_of_a_process_that_died_at_once_is_reclaimed_however_soon_the_search_starts(tmp_path):
+    """A search started within ASKED_GRACE_S of a trial asked for without a worker waits, then retries it."""
+    from attnfit.runs.search import _reclaimer
+
+    study = new_study(tmp_path / "search")
+    study.ask().suggest_categorical("optimizer.lr", [BAD_LR, GOOD_LR])  # asked for now; its process died
+    _reclaimer(tmp_path / "search", "val/loss", "min")(study)
+    first, retry = study.get_trials(deepcopy=False)
+    assert first.state == TrialState.FAIL
+    assert (
+        retry.state == TrialState.WAITING
+        and retry.user_attrs["retry_of"] == 0
+        and retry.system_attrs["fixed_params"] == first.params
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
