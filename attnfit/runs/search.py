@@ -341,11 +341,11 @@ def _reclaimer(search_dir: Path, metric: str, mode: str) -> Callable[[Any], None
         from optuna.trial import TrialState
 
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        unrecorded = [_age_s(t) for t in running if t.user_attrs.get("worker") is None]
-        if unrecorded and min(unrecorded) < ASKED_GRACE_S:
+        youngest = min((_age_s(t) for t in running if t.user_attrs.get("worker") is None), default=math.inf)
+        if youngest < ASKED_GRACE_S:
             # Just asked for: its worker records itself as the trial starts. Skipping it instead would leave a
             # trial of a process that died at once running for good when this search started within seconds.
-            time.sleep(ASKED_GRACE_S - min(unrecorded))
+            time.sleep(ASKED_GRACE_S - youngest)
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for trial in running:
             worker = trial.user_attrs.get("worker")
