@@ -2,9 +2,9 @@
 
 A search lives in one directory: ``study.db`` (the Optuna study, SQLite; ``search.storage`` may name any
 SQLAlchemy URL instead), ``trial_<number>/`` (each trial's run directory with its ``status.json``), ``study.json``
-(where the study is) and ``best.json``. Running the same search again resumes it: finished trials (completed,
-pruned or failed) count towards ``search.n_trials``; a trial whose process stopped is marked failed and its
-parameters are tried again in a new trial.
+(where the study is), ``best.json`` and ``study.lock`` (workers take turns opening the storage). Running the same
+search again resumes it: finished trials (completed, pruned or failed) count towards ``search.n_trials``; a trial
+whose process stopped is marked failed and its parameters are tried again in a new trial.
 
 Several search processes (workers) may share one study: each trial records its worker (host and PID) and keeps a
 heartbeat, so a worker fails and retries only the trials of dead workers (a dead PID on its own host, or a
@@ -44,6 +44,7 @@ PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "percentile", "none")
 STUDY_INFO = "study.json"
+STORAGE_LOCK = "study.lock"  # held while a worker opens the storage (and, on a new database, makes its tables)
 SEARCH_KEYS = {"n_trials", "timeout", "sampler", "pruner", "dir", "params", "storage", "study_name"}
 INTERRUPTED = "interrupted_trials"  # study user attr of older searches: numbers of trials cut short
 HEARTBEAT_S, GRACE_PERIOD_S = 20, 120  # a worker's trials beat every 20 s; silent for 2 minutes: its worker is dead
@@ -503,22 +504,27 @@ def _storage(url: str, search_dir: Path) -> Any:
     """An RDB storage with heartbeats (dead workers are found); SQLite waits for a busy database instead of
     failing, since several workers write to it."""
     import optuna
-    from sqlalchemy.exc import OperationalError
+    from filelock import FileLock
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     warnings.filterwarnings("ignore", "Argument ``heartbeat", optuna.exceptions.ExperimentalWarning)  # stable here
-    for attempt in range(5):  # two workers creating the tables of a new database at once: the loser retries
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=_StaleTrialRetry(search_dir),
-            )  # fmt: skip
-        except OperationalError:
-            if attempt == 4:
-                raise
-            time.sleep(0.5 * (attempt + 1))
-        except Exception as error:
-            raise ConfigError(f"search.storage={_masked(url)} cannot be opened: {_first_line(error)}") from None
+    # Workers starting together on a new database would each create its tables (and each insert the schema
+    # version: an IntegrityError for all but one). Workers sharing this directory take turns; others, on
+    # other hosts with a server database, retry once the winner has made the tables.
+    with FileLock(search_dir / STORAGE_LOCK):
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_PERIOD_S,
+                    heartbeat_stale_trial_callback=_StaleTrialRetry(search_dir),
+                )  # fmt: skip
+            except (IntegrityError, OperationalError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+            except Exception as error:
+                raise ConfigError(f"search.storage={_masked(url)} cannot be opened: {_first_line(error)}") from None
     raise AssertionError("unreachable")
 
 
