@@ -226,4 +226,6 @@ def check_optimization(cfg: DictConfig) -> None:
     dummy = [{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": opt.pop("weight_decay", 0.0)}]
     if dummy[0]["weight_decay"] < 0:
         raise ConfigError(f"optimizer.weight_decay={dummy[0]['weight_decay']} must be ≥ 0")
-    build_scheduler(build_optimizer(dummy, **opt), sched.pop("name"), total_steps=1, **sched)
+    limited = bool(cfg.get("trainer", {}).get("max_time"))
+    optimizer = build_optimizer(dummy, **opt)
+    build_scheduler(optimizer, sched.pop("name"), total_steps=1, **sched, time_used=(lambda: 0.0) if limited else None)

@@ -290,15 +290,21 @@ def continue_overrides(cfg: DictConfig, last: Path, step: int, command: Sequence
     ``command`` line overrides (same data, model and directory), and a decaying schedule that keeps its span
     (``scheduler.decay_steps``: the planned ``max_steps``) where a longer ``max_steps`` would stretch it. A run cut
     short (``max_time``, early stopping) continues to its planned steps without its time limit (the clock is
-    restored from the checkpoint, so the same limit would stop it at once); a finished one to twice its steps."""
-    replaced = ("ckpt_path", "trainer.max_steps", "scheduler.decay_steps", "trainer.max_time")
+    restored from the checkpoint, so the same limit would stop it at once); a finished one to twice its steps.
+    A schedule whose decay ended with the time limit (``scheduler.budget=time``) has no steps to keep: the
+    continuation trains as many steps again at the schedule's end."""
+    replaced = ("ckpt_path", "trainer.max_steps", "scheduler.decay_steps", "trainer.max_time", "scheduler.budget")
     kept = [o for o in command if o.split("=", 1)[0].lstrip("+~") not in replaced]
     planned = int(cfg.get("trainer", {}).get("max_steps") or -1)
-    short = 0 < step < planned
+    timed = cfg.scheduler.get("budget") == "time"
+    short = 0 < step < planned and not timed
     new = [f"ckpt_path={last}", f"trainer.max_steps={planned if short else 2 * step}"]
+    if timed:
+        new.append("scheduler.budget=steps")
     if cfg.scheduler.name != "constant":
-        new.append(f"scheduler.decay_steps={cfg.scheduler.get('decay_steps') or (planned if planned > 0 else step)}")
+        span = step if timed else cfg.scheduler.get("decay_steps") or (planned if planned > 0 else step)
+        new.append(f"scheduler.decay_steps={span}")
     from_command = any(o.split("=", 1)[0].lstrip("+~") == "trainer.max_time" for o in command)
-    if short and cfg.get("trainer", {}).get("max_time") and not from_command:
+    if (short or timed) and cfg.get("trainer", {}).get("max_time") and not from_command:
         new.append("trainer.max_time=null")  # set by a config file; one from the command line is simply left out
     return " ".join(shlex.quote(o) for o in [*kept, *new])

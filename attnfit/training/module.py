@@ -5,6 +5,7 @@ The record (:class:`attnfit.pretrained.ModelRecord`) is written into every check
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,9 @@ class Optimization:
     layer_lr_decay: float = 1.0
     head_lr: float | None = None
 
-    def configure(self, model: nn.Module) -> dict[str, Any]:
-        """What ``LightningModule.configure_optimizers`` returns."""
+    def configure(self, model: nn.Module, time_used: Callable[[], float] | None = None) -> dict[str, Any]:
+        """What ``LightningModule.configure_optimizers`` returns; ``time_used``: the fraction of the run's time
+        limit spent, for ``scheduler.budget=time``."""
         opt, sched = dict(self.optimizer), dict(self.scheduler)
         weight_decay = opt.pop("weight_decay", 0.01)
         if self.layers is None:
@@ -41,7 +43,7 @@ class Optimization:
                 model, self.layers, self.head or [], opt["lr"], weight_decay, self.layer_lr_decay, self.head_lr
             )
         optimizer = build_optimizer(groups, **opt)
-        scheduler = build_scheduler(optimizer, sched.pop("name"), self.total_steps, **sched)
+        scheduler = build_scheduler(optimizer, sched.pop("name"), self.total_steps, **sched, time_used=time_used)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -56,7 +58,18 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimization is None:
             raise RuntimeError(f"{type(self).__name__} was built for evaluation only (no optimization)")
-        return self.optimization.configure(self.model)
+        return self.optimization.configure(self.model, self._time_used())
+
+    def _time_used(self) -> Callable[[], float] | None:
+        """The fraction of ``trainer.max_time`` spent, from Lightning's Timer (its clock is restored on resume);
+        None for a run without a time limit."""
+        from lightning.pytorch.callbacks import Timer
+
+        callbacks = self.trainer.callbacks if self._trainer is not None else []
+        timer = next((c for c in callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None)
+        if timer is None:
+            return None
+        return lambda: min(1.0, timer.time_elapsed() / max(1e-9, timer.time_elapsed() + timer.time_remaining()))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.record.to_dict()

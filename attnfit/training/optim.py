@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from torch import nn
 from attnfit.errors import ConfigError, check_choice
 
 SCHEDULES = ("cosine", "linear", "constant")
+BUDGETS = ("steps", "time")  # what the decay spans: the run's steps, or (time) also its trainer.max_time
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -101,13 +102,16 @@ def build_optimizer(
         raise ConfigError(f"optimizer ({what}): {error}") from None
 
 
-def lr_multiplier(step: int, name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
-    """Linear warmup to 1, then ``name`` decay to ``min_lr_ratio`` at ``total_steps``."""
+def lr_multiplier(
+    step: int, name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float, time_used: float = 0.0
+) -> float:
+    """Linear warmup to 1, then ``name`` decay to ``min_lr_ratio`` at ``total_steps``, or sooner: the decay is at
+    least as far along as ``time_used``, the fraction of a time budget spent (0 when there is none)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if name == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    progress = min(1.0, max((step - warmup_steps) / max(1, total_steps - warmup_steps), time_used))
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if name == "cosine" else 1 - progress
     return min_lr_ratio + (1 - min_lr_ratio) * shape
 
@@ -119,11 +123,21 @@ def build_scheduler(
     warmup_steps: int = 0,
     min_lr_ratio: float = 0.1,
     decay_steps: int | None = None,
+    budget: str = "steps",
+    time_used: Callable[[], float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule; its position is restored from checkpoints by Lightning. The decay spans
     ``decay_steps`` when given, else the run's ``total_steps`` (so a fixed ``decay_steps`` keeps the schedule
-    when a run is continued with a larger ``max_steps``)."""
+    when a run is continued with a larger ``max_steps``).
+
+    ``budget="time"``: the decay also ends when the run's time limit does, whichever comes first, so a slower
+    machine still finishes it; ``time_used()`` gives the fraction of that limit spent (the run's clock, restored
+    on resume). The learning rate then depends on the machine's speed: runs are no longer step-for-step
+    reproducible."""
     check_choice("scheduler", name, SCHEDULES)
+    check_choice("scheduler.budget", budget, BUDGETS)
+    if budget == "time" and time_used is None:
+        raise ConfigError("scheduler.budget=time needs trainer.max_time: the decay ends when that limit does")
     if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
         raise ConfigError(
             f"scheduler.warmup_steps={warmup_steps} must be ≥ 0 and scheduler.min_lr_ratio={min_lr_ratio} in [0, 1]"
@@ -131,8 +145,9 @@ def build_scheduler(
     if decay_steps is not None and decay_steps < 1:
         raise ConfigError(f"scheduler.decay_steps={decay_steps} must be ≥ 1, or null for trainer.max_steps")
     span = decay_steps or total_steps
+    clock = time_used if budget == "time" else None
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, name, warmup_steps, span, min_lr_ratio)
+        optimizer, lambda step: lr_multiplier(step, name, warmup_steps, span, min_lr_ratio, clock() if clock else 0.0)
     )
 
 

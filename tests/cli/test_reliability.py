@@ -256,6 +256,12 @@ def test_the_suggested_continue_command_keeps_the_schedule(stopped_at_13):
     command = ["experiment=x", "data.seq_len=64", "trainer.max_steps=30", "+trainer.max_time=00:00:10:00", "a=b c"]
     expected = f"experiment=x data.seq_len=64 'a=b c' ckpt_path={last} trainer.max_steps=30"
     assert continue_overrides(cfg, last, 13, command) == expected
+    # A decay that ended with the time limit (scheduler.budget=time): as many steps again, at the schedule's end.
+    cfg.scheduler.update(name="cosine", budget="time")
+    expected = (
+        f"ckpt_path={last} trainer.max_steps=26 scheduler.budget=steps scheduler.decay_steps=13 trainer.max_time=null"
+    )
+    assert continue_overrides(cfg, last, 13) == expected
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -45,6 +46,20 @@ def test_train_writes_a_complete_run_directory(run_cli, tmp_path, task):
     assert checkpoint["attnfit"]["task"] == task
     assert checkpoint["attnfit"]["tokenizer"] == (run_dir / "tokenizer.json").read_text()
     assert checkpoint["attnfit"]["model_config"]["causal"] is (task == "clm")
+
+
+def test_a_time_budgeted_schedule_decays_to_its_floor_within_the_time_limit(run_cli, tmp_path):
+    """Far more steps planned than 3 seconds allow: the cosine still reaches min_lr_ratio as the limit stops it."""
+    run_cli(
+        "train", *TINY, "trainer.max_steps=100000", "+trainer.max_time=00:00:00:03", "trainer.val_check_interval=50",
+        "scheduler.budget=time", "scheduler.min_lr_ratio=0.1", "optimizer.lr=1e-3", f"hydra.run.dir={tmp_path}/run",
+    )  # fmt: skip
+    lrs = next(values for tag, values in scalars(tmp_path / "run").items() if tag.startswith("lr"))
+    steps = json.loads((tmp_path / "run" / "metrics.json").read_text())["step"]
+    assert 10 < steps < 100000 and len(lrs) >= 10  # stopped by the clock
+    after_warmup = [lr for _, lr in lrs[2:]]
+    assert all(a >= b for a, b in itertools.pairwise(after_warmup))  # a decay …
+    assert after_warmup[0] > 9e-4 and after_warmup[-1] < 1.2e-4  # … from the peak to near the floor (1e-4)
 
 
 def test_resume_continues_from_the_saved_step(run_cli, tmp_path):
@@ -105,6 +120,7 @@ def test_training_on_a_local_text_file(run_cli, tmp_path, encoder, attention, ta
         (["data=files", "data.train=/no/such/corpus.txt"], "/no/such/corpus.txt"),
         (["+trainer.max_step=3"], "unknown trainer option trainer.max_step (did you mean trainer.max_steps?)"),
         (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be ≥ 0"),
+        (["scheduler.budget=time"], "scheduler.budget=time needs trainer.max_time"),
         (["ckpt_path=/no/such.ckpt"], "checkpoint /no/such.ckpt does not exist"),
     ],
 )

@@ -44,6 +44,33 @@ def test_scheduler_drives_the_optimizer():
     assert lrs == pytest.approx([1.0, 0.75, 0.5, 0.25])
 
 
+def test_a_time_budget_ends_the_decay_when_time_runs_out_whatever_the_step():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([{"params": [param], "weight_decay": 0.0}], lr=1.0)
+    clock = {"used": 0.0}  # the fraction of trainer.max_time spent, as the run's Timer reports it
+    scheduler = build_scheduler(optimizer, "cosine", 1000, 2, 0.1, budget="time", time_used=lambda: clock["used"])
+    lrs = []
+    for used in (0.0, 0.0, 0.0, 0.5, 0.5, 1.0, 1.0):  # a slow machine: 7 of the planned 1000 steps in the time
+        clock["used"] = used
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    steps_only = lr_multiplier(6, "cosine", 2, 1000, 0.1)
+    assert lrs[1] == pytest.approx(1.0) and lrs[2] == pytest.approx(lr_multiplier(3, "cosine", 2, 1000, 0.1))
+    assert lrs[3] == pytest.approx(0.1 + 0.9 * 0.5) and lrs[6] == pytest.approx(0.1)  # time leads …
+    assert steps_only > 0.99  # … where the steps alone would have barely begun the decay
+    # and where the steps are ahead of the clock, they lead
+    assert lr_multiplier(900, "cosine", 2, 1000, 0.1, time_used=0.2) == lr_multiplier(900, "cosine", 2, 1000, 0.1)
+
+
+def test_a_time_budget_needs_a_time_limit_and_a_known_budget():
+    optimizer = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+    with pytest.raises(ConfigError, match="scheduler.budget=time needs trainer.max_time"):
+        build_scheduler(optimizer, "cosine", 10, budget="time")
+    with pytest.raises(ConfigError, match="unknown scheduler.budget 'hours'.*steps, time"):
+        build_scheduler(optimizer, "cosine", 10, budget="hours")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
