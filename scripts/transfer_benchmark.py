@@ -164,14 +164,16 @@ def tsv(rows: list[Row]) -> str:
 
 
 def write_split(path: Path, rows: list[Row]) -> None:
-    """Write once: an existing file must hold exactly these rows (else the runs would mix splits)."""
+    """Write once: an existing file must hold exactly these rows (else the runs would mix splits). Written
+    whole or not at all, so instances sharing an ``--out`` never read each other's half-written split."""
+    from attnfit.atomic import atomic_write
+
     content = tsv(rows)
     if path.exists():
         if path.read_text(encoding="utf-8") != content:
             sys.exit(f"{path} exists with different rows (another --data?); use another --out or remove it")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content, encoding="utf-8")
+    atomic_write(path, lambda tmp: tmp.write_text(content, encoding="utf-8"))
 
 
 def prepare_data(name: str, data_dir: Path, out: Path, train_rows: int | None) -> dict:
