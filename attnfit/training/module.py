@@ -69,7 +69,8 @@ class TaskModule(L.LightningModule):
         timer = next((c for c in callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None)
         if timer is None:
             return None
-        return lambda: min(1.0, timer.time_elapsed() / max(1e-9, timer.time_elapsed() + timer.time_remaining()))
+        limit = max(1e-9, timer.time_elapsed() + timer.time_remaining())  # trainer.max_time in seconds
+        return lambda: min(1.0, timer.time_elapsed() / limit)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.record.to_dict()
