@@ -17,13 +17,13 @@ from attnfit.models.attention import AttentionPooling
 from attnfit.models.config import ModelConfig, _at_least, _probability, from_dict
 from attnfit.models.language_model import Backbone, init_weights
 
-POOLINGS = ("attention", "cls", "mean", "last", "pooler")
+POOLINGS = ("attention", "cls", "mean", "max", "last", "pooler")
 
 
 @dataclass
 class ClassifierConfig:
     num_labels: int
-    pooling: str = "attention"  # attention | cls | mean | last (causal backbones) | pooler (BERT's dense+tanh on cls)
+    pooling: str = "attention"  # attention | cls | mean | max | last (causal) | pooler (BERT's dense+tanh on cls)
     dropout: float = 0.1  # on the pooled vector, before the head
     bias: bool = True  # the head's; GPT-2's classifier (GPT2ForSequenceClassification's score) has none
 
@@ -68,7 +68,9 @@ def pool(
 ) -> tuple[Tensor, Tensor]:
     """``hidden (B, T, D)`` → ``(pooled (B, D), weights (B, T))``; padding (True in the mask) never contributes.
 
-    Every pooling is written as ``pooled = Σ weights·hidden`` so the weights are exactly what was used.
+    Every pooling but ``max`` is written as ``pooled = Σ weights·hidden`` so the weights are exactly what was used;
+    ``max`` (Kim's max-over-time) takes each feature from the position where it peaks, and its weights are each
+    position's share of the features.
     """
     B, T, _ = hidden.shape
     real = torch.ones(B, T, dtype=torch.bool, device=hidden.device) if padding_mask is None else ~padding_mask
@@ -77,6 +79,11 @@ def pool(
         return pooler(hidden, padding_mask)
     if pooling == "mean":
         weights = real.to(hidden.dtype) / real.sum(1, keepdim=True).clamp(min=1).to(hidden.dtype)
+    elif pooling == "max":
+        peaks, argmax = hidden.masked_fill(~real.unsqueeze(-1), float("-inf")).max(1)  # (B, D), (B, D)
+        pooled = peaks.masked_fill(~real.any(1, keepdim=True), 0.0)  # a row of only padding pools to zeros
+        weights = nn.functional.one_hot(argmax, T).to(hidden.dtype).mean(1) * real  # share of features, (B, T)
+        return pooled, weights
     elif pooling == "cls":
         # The first real position: position 0 with right padding, the usual [CLS]/<s> slot.
         weights = _one_hot_at(real.to(torch.long).argmax(1), T, hidden.dtype)

@@ -109,6 +109,28 @@ def test_pooling_weights_sum_to_one_over_real_positions(pooling):
         torch.testing.assert_close(weights[:, 0], 1 / lengths.float())
 
 
+def test_max_pooling_matches_a_float64_loop_over_features_and_ignores_padding():
+    torch.manual_seed(0)
+    model = tiny_classifier("cnn", "self", "max").double().eval()
+    ids = torch.randint(7, 40, (2, 7))
+    padding = torch.zeros_like(ids, dtype=torch.bool)
+    padding[1, 3:] = True
+    out = model(ids, padding)
+
+    hidden, _ = model.backbone(ids, padding)  # (B, T, D)
+    B, T, D = hidden.shape
+    pooled, weights = torch.zeros(B, D, dtype=torch.float64), torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        n = int((~padding[b]).sum())
+        for d in range(D):
+            values = [float(hidden[b, t, d]) for t in range(n)]  # real positions only
+            peak = max(values)
+            pooled[b, d] = peak
+            weights[b, values.index(peak)] += 1 / D
+    torch.testing.assert_close(out.pooling_weights, weights, atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.logits, pooled @ model.head.weight.T + model.head.bias, atol=1e-12, rtol=1e-10)
+
+
 def test_attention_pooling_matches_a_float64_hand_computation():
     torch.manual_seed(0)
     model = tiny_classifier("lstm", "global", "attention").double().eval()
@@ -139,7 +161,7 @@ def test_new_layers_are_initialised_small_and_only_attention_pooling_has_a_poole
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"pooling": "max"}, r"unknown classifier.pooling 'max'; valid choices: attention, cls, last, mean"),
+        ({"pooling": "min"}, r"unknown classifier.pooling 'min'; valid choices: attention, cls, last, max, mean"),
         ({"pooling": "clss"}, r"did you mean 'cls'\?"),
         ({"num_labels": 1}, r"classifier.num_labels=1 must be ≥ 2"),
         ({"dropout": 1.0}, r"classifier.dropout=1.0 must be in \[0, 1\)"),
