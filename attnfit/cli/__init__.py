@@ -27,6 +27,7 @@ def explain_unknown_keys(config_name: str) -> Iterator[None]:
     which keys exist there and which one was probably meant. Costs nothing unless Hydra failed."""
     check_run_dir_arguments(sys.argv[1:])
     check_not_a_search(sys.argv[1:], config_name)
+    check_no_null_group(sys.argv[1:])
     try:
         yield
     except SystemExit as exit_:
@@ -66,6 +67,19 @@ def check_not_a_search(argv: list[str], config_name: str) -> None:
             name = [] if config_name == "train" else ["--config-name", config_name]
             command = " ".join(["attnfit-search", *name, f"hparams_search={value}", *rest])
             print(f"error: hparams_search={value} is run by attnfit-search: {command}", file=sys.stderr)
+            sys.exit(2)
+
+
+def check_no_null_group(argv: list[str]) -> None:
+    """Hydra fails on ``GROUP=null`` (``callbacks/extra=null``, ``model=null``) with a ValueError traceback that
+    names neither the override nor the choices: stop here with both, and the override that removes a group."""
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        group = Path(CONFIG_DIR) / key.lstrip("+")
+        if eq and value == "null" and key.lstrip("+") and group.is_dir():
+            choices = ", ".join(sorted(path.stem for path in group.glob("*.yaml")))
+            message = f"error: {arg}: a config group takes one of its configs ({choices}); ~{key} drops it"
+            print(message, file=sys.stderr)
             sys.exit(2)
 
 
