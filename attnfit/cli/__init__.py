@@ -72,14 +72,16 @@ def check_not_a_search(argv: list[str], config_name: str) -> None:
 
 def check_no_null_group(argv: list[str]) -> None:
     """Hydra fails on ``GROUP=null`` (``callbacks/extra=null``, ``model=null``) with a ValueError traceback that
-    names neither the override nor the choices: stop here with both, and the override that removes a group."""
+    names neither the override nor the choices: stop here with both, and for a nested group (an optional section
+    such as ``callbacks.extra``) the override that removes the section."""
     for arg in argv:
         key, eq, value = arg.partition("=")
-        group = Path(CONFIG_DIR) / key.lstrip("+")
-        if eq and value == "null" and key.lstrip("+") and group.is_dir():
+        name = key.lstrip("+")
+        group = Path(CONFIG_DIR) / name
+        if eq and value == "null" and name and group.is_dir():
             choices = ", ".join(sorted(path.stem for path in group.glob("*.yaml")))
-            message = f"error: {arg}: a config group takes one of its configs ({choices}); ~{key} drops it"
-            print(message, file=sys.stderr)
+            none = f"; for none: '~{name.replace('/', '.')}'" if "/" in name else ""
+            print(f"error: {arg}: a config group takes one of its configs ({choices}){none}", file=sys.stderr)
             sys.exit(2)
 
 
