@@ -51,6 +51,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         options = OmegaConf.to_container(cfg.logger[name], resolve=True)
         if cls.__name__ == "WandbLogger":
             _wandb_mode(options)
+            _wandb_run(options, resuming=bool(cfg.get("ckpt_path")))
         if cls.__name__ == "MLFlowLogger":
             _mlflow_run(options, str(cfg.paths.output_dir), resuming=bool(cfg.get("ckpt_path")))
         try:
@@ -82,6 +83,19 @@ def _wandb_mode(options: dict[str, Any]) -> None:
         log.info("W&B: %s cannot be reached; logging offline (wandb sync uploads the run later)", host)
 
 
+def _wandb_run(options: dict[str, Any], resuming: bool) -> None:
+    """A run resumed in its directory continues the W&B run its newest ``wandb/*run-DATE-ID`` folder belongs to
+    (its ``id``; Lightning's WandbLogger passes ``resume="allow"``): offline, ``wandb sync`` uploads both halves
+    into that one run."""
+    if not resuming or options.get("id"):
+        return
+    folders = Path(options.get("save_dir") or ".").glob("wandb/*run-*-*")
+    started = sorted(folder.name.split("run-", 1)[1] for folder in folders)  # "YYYYMMDD_HHMMSS-ID", oldest first
+    if started:
+        options["id"] = started[-1].split("-", 1)[1]
+        log.info("W&B: continuing run %s", options["id"])
+
+
 RUN_DIR_TAG = "attnfit.run_dir"
 
 
@@ -99,7 +113,10 @@ def _mlflow_run(options: dict[str, Any], run_dir: str, resuming: bool) -> None:
     experiment = client.get_experiment_by_name(options.get("experiment_name") or "lightning_logs")
     if experiment is None:
         return
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    # The store filters by tag (one shared store may hold thousands of runs); a quote in the path would end
+    # MLflow's string literal, so such a path is matched here instead, over the newest runs.
+    tagged = "" if "'" in run_dir else f"tags.`{RUN_DIR_TAG}` = '{run_dir}'"
+    runs = client.search_runs([experiment.experiment_id], tagged, order_by=["attributes.start_time DESC"])
     earlier = [r for r in runs if r.data.tags.get(RUN_DIR_TAG) == run_dir]
     if earlier:
         options["run_id"] = earlier[0].info.run_id

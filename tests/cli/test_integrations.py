@@ -102,9 +102,15 @@ def test_every_logger_gets_metrics_final_hparams_the_config_and_heat_maps(run_cl
 
     # Resumed in place, the run continues its MLflow run: one run, both halves, the first parameter values kept
     run_cli(
-        "train", *TINY, "task=classification", "data=embedded_classification", "logger=mlflow", "ckpt_path=auto",
-        "trainer.max_steps=9", f"hydra.run.dir={run_dir}",
+        "train", *TINY, "task=classification", "data=embedded_classification", "logger=[mlflow,wandb]",
+        "ckpt_path=auto", "trainer.max_steps=9", f"hydra.run.dir={run_dir}",
     )  # fmt: skip
+    # … and its W&B run: a second offline folder under the same run id, which `wandb sync` uploads into that run
+    first_id = wandb_run.name.rsplit("-", 1)[1]
+    folders = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and all(folder.name.endswith(f"-{first_id}") for folder in folders), folders
+    resumed = wandb_records(next(folders[1].glob("run-*.wandb")))
+    assert {r.run.run_id for r in resumed if r.WhichOneof("record_type") == "run"} == {first_id}
     [again] = client.search_runs([experiment.experiment_id])
     assert again.info.run_id == run.info.run_id and again.data.tags["attnfit.run_dir"] == str(run_dir)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
