@@ -129,6 +129,7 @@ def test_max_pooling_matches_a_float64_loop_over_features_and_ignores_padding():
             weights[b, values.index(peak)] += 1 / D
     torch.testing.assert_close(out.pooling_weights, weights, atol=1e-12, rtol=0)
     torch.testing.assert_close(out.logits, pooled @ model.head.weight.T + model.head.bias, atol=1e-12, rtol=1e-10)
+    assert (hidden[1].max(0).values > pooled[1]).sum() > D // 4  # padding would have won these features
 
 
 def test_attention_pooling_matches_a_float64_hand_computation():
