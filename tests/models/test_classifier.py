@@ -109,15 +109,19 @@ def test_pooling_weights_sum_to_one_over_real_positions(pooling):
         torch.testing.assert_close(weights[:, 0], 1 / lengths.float())
 
 
-def test_max_pooling_matches_a_float64_loop_over_features_and_ignores_padding():
+def float64_run(encoder: str, attention: str, pooling: str, real_in_row_1: int):
+    """A seeded float64 classifier on 2 rows of 7 ids, row 1 padded after ``real_in_row_1``: the model, the
+    padding mask, its output and the backbone's hidden states (B, T, D), for hand computations to check."""
     torch.manual_seed(0)
-    model = tiny_classifier("cnn", "self", "max").double().eval()
+    model = tiny_classifier(encoder, attention, pooling).double().eval()
     ids = torch.randint(7, 40, (2, 7))
     padding = torch.zeros_like(ids, dtype=torch.bool)
-    padding[1, 3:] = True
-    out = model(ids, padding)
+    padding[1, real_in_row_1:] = True
+    return model, padding, model(ids, padding), model.backbone(ids, padding)[0]
 
-    hidden, _ = model.backbone(ids, padding)  # (B, T, D)
+
+def test_max_pooling_matches_a_float64_loop_over_features_and_ignores_padding():
+    model, padding, out, hidden = float64_run("cnn", "self", "max", real_in_row_1=3)
     B, T, D = hidden.shape
     pooled, weights = torch.zeros(B, D, dtype=torch.float64), torch.zeros(B, T, dtype=torch.float64)
     for b in range(B):
@@ -133,14 +137,7 @@ def test_max_pooling_matches_a_float64_loop_over_features_and_ignores_padding():
 
 
 def test_attention_pooling_matches_a_float64_hand_computation():
-    torch.manual_seed(0)
-    model = tiny_classifier("lstm", "global", "attention").double().eval()
-    ids = torch.randint(7, 40, (2, 7))
-    padding = torch.zeros_like(ids, dtype=torch.bool)
-    padding[1, 4:] = True
-    out = model(ids, padding)
-
-    hidden, _ = model.backbone(ids, padding)  # (B, T, D)
+    model, padding, out, hidden = float64_run("lstm", "global", "attention", real_in_row_1=4)
     W, b = model.pooler.score.weight[0], model.pooler.score.bias  # (D,), (1,)
     scores = hidden @ W + b  # F = W·h + b, (B, T)
     scores[padding] = float("-inf")
