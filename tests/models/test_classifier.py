@@ -117,7 +117,8 @@ def float64_run(encoder: str, attention: str, pooling: str, real_in_row_1: int):
     ids = torch.randint(7, 40, (2, 7))
     padding = torch.zeros_like(ids, dtype=torch.bool)
     padding[1, real_in_row_1:] = True
-    return model, padding, model(ids, padding), model.backbone(ids, padding)[0]
+    with torch.no_grad():
+        return model, padding, model(ids, padding), model.backbone(ids, padding)[0]
 
 
 def test_max_pooling_matches_a_float64_loop_over_features_and_ignores_padding():
