@@ -134,8 +134,8 @@ def check_callbacks(cfg: DictConfig) -> dict[str, type]:
             raise ConfigError(f"unknown key {where}; attnfit's callback keys: {', '.join(CALLBACK_KEYS)}{hint}")
     example = (
         "+callbacks.extra.{0}._target_=lightning.pytorch.callbacks.EMAWeightAveraging (presets: "
-        "callbacks/extra=ema|swa)"
-    )
+        "callbacks/extra=ema|swa), or remove the section: '~callbacks.extra.{0}'"
+    )  # the way out when ``~callbacks/extra`` dropped a preset that an experiment still sets (ema.decay)
     return {
         str(name): lightning_class(f"callbacks.extra.{name}", spec, L.Callback, example.format(name))
         for name, spec in (section.get("extra") or {}).items()

@@ -160,6 +160,8 @@ def test_an_ema_callback_from_config_saves_the_average_and_an_optimizer_by_targe
         (["+callbacks.extra.stop._target_=lightning.pytorch.callbacks.EarlyStopping"],
          "callbacks.extra.stop: EarlyStopping.__init__() missing 1 required positional argument: 'monitor'"),
         (["+callbacks.extra.x.decay=0.9"], "callbacks.extra.x has no _target_"),
+        (["callbacks/extra=ema", "~callbacks.extra.ema._target_"],  # a preset removed under an experiment's settings
+         "or remove the section: '~callbacks.extra.ema'"),
         (["optimizer=custom"], "optimizer=custom needs optimizer._target_=CLASS"),
         (["optimizer=custom", "optimizer._target_=torch.nn.Linear"], "is not a torch.optim.Optimizer class"),
         (["optimizer=sgd", "+optimizer.betas=[0.9,0.9]"], "optimizer.betas is not an option of torch.optim.sgd.SGD"),
