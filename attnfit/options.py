@@ -32,6 +32,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "compile": (bool,),
+    "flush_denormal": (bool,),
     "data.batch_size": (int,),
     "data.seq_len": (int,),
     "data.num_workers": (int,),

@@ -14,6 +14,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TINY
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_flush_denormal_zeroes_subnormal_floats_for_the_run_only(enabled):
+    from attnfit.cli import CONFIG_DIR
+    from attnfit.recipes.run import denormals_flushed
+
+    subnormal = torch.tensor([1e-39, -3e-40], dtype=torch.float32)  # below float32's smallest normal, 1.2e-38
+    assert all(OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml").flush_denormal for name in ("train", "finetune"))
+    with denormals_flushed(enabled):
+        inside = subnormal * 1.0
+    assert torch.equal(inside, torch.zeros(2)) if enabled else torch.equal(inside, subnormal)
+    assert torch.equal(subnormal * 1.0, subnormal)  # PyTorch's default is back for whatever runs next
+
+
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
