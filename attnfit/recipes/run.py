@@ -63,10 +63,7 @@ def denormals_flushed(enabled: bool) -> Iterator[None]:
     """CPU arithmetic in this thread treats numbers below float32's smallest normal (1.2e-38) as zero while the run
     lasts: a trained CNN's convolution backward met enough of them to run 5x slower (README, "Pretraining that
     transfers"). No effect on GPU kernels; PyTorch's default (off) comes back afterwards."""
-    if not enabled:
-        yield
-        return
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(enabled)
     try:
         yield
     finally:
