@@ -7,6 +7,7 @@ checkpoint) → metrics → hparams → summary. What differs between tasks is a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import shlex
@@ -40,6 +41,7 @@ from attnfit.training.callbacks import StartupTimes
 from attnfit.training.module import compile_blocks
 
 log = logging.getLogger("attnfit")
+OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: release the threads, keep the settings
 
 
 def run(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | None:
@@ -63,11 +65,26 @@ def denormals_flushed(enabled: bool) -> Iterator[None]:
     """CPU arithmetic in this thread treats numbers below float32's smallest normal (1.2e-38) as zero while the run
     lasts: a trained CNN's convolution backward met enough of them to run 5x slower (README, "Pretraining that
     transfers"). No effect on GPU kernels; PyTorch's default (off) comes back afterwards."""
-    torch.set_flush_denormal(enabled)
+    set_flush_denormal(enabled)
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        set_flush_denormal(False)
+
+
+def set_flush_denormal(enabled: bool) -> None:
+    """``torch.set_flush_denormal`` for every CPU thread that computes, not the calling one alone.
+
+    The mode is per thread, and OpenMP's workers keep the one they started with (with 2 threads, half of a large
+    product stayed subnormal). Releasing OpenMP's pool makes the next parallel region start new workers, and a new
+    thread copies its creator's floating-point mode."""
+    torch.set_flush_denormal(enabled)
+    try:
+        release_pool = ctypes.CDLL(None).omp_pause_resource_all  # OpenMP 5.0; torch's OpenMP runtime is loaded
+    except (AttributeError, OSError, TypeError):
+        log.debug("no OpenMP runtime found: flush_denormal applies to the calling thread only")
+        return
+    release_pool(OMP_PAUSE_SOFT)
 
 
 def _run(

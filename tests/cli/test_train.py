@@ -15,16 +15,24 @@ from tests.conftest import TINY
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_flush_denormal_zeroes_subnormal_floats_for_the_run_only(enabled):
+def test_flush_denormal_zeroes_subnormal_floats_in_every_thread_for_the_run_only(enabled):
     from attnfit.cli import CONFIG_DIR
     from attnfit.recipes.run import denormals_flushed
 
-    subnormal = torch.tensor([1e-39, -3e-40], dtype=torch.float32)  # below float32's smallest normal, 1.2e-38
     assert all(OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml").flush_denormal for name in ("train", "finetune"))
-    with denormals_flushed(enabled):
-        inside = subnormal * 1.0
-    assert torch.equal(inside, torch.zeros(2)) if enabled else torch.equal(inside, subnormal)
-    assert torch.equal(subnormal * 1.0, subnormal)  # PyTorch's default is back for whatever runs next
+    # Below float32's smallest normal (1.2e-38); big enough that two threads each take a half.
+    subnormal = torch.full((1 << 22,), 1e-39)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(subnormal * 1.0, subnormal)  # OpenMP's workers now exist, with PyTorch's default mode
+        with denormals_flushed(enabled):
+            inside = subnormal * 1.0
+        after = subnormal * 1.0
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(inside, torch.zeros_like(subnormal)) if enabled else torch.equal(inside, subnormal)
+    assert torch.equal(after, subnormal)  # PyTorch's default is back, in the workers too, for whatever runs next
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
