@@ -35,6 +35,27 @@ def test_flush_denormal_zeroes_subnormal_floats_in_every_thread_for_the_run_only
     assert torch.equal(after, subnormal)  # PyTorch's default is back, in the workers too, for whatever runs next
 
 
+PROBE = """
+import lightning as L
+import torch
+
+
+class DenormalProbe(L.Callback):  # records whether the training loop's arithmetic flushes subnormal floats
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            flushed = bool(torch.tensor([1e-39]) * 1.0 == 0)
+            open("flushed.txt", "w").write(str(flushed))
+"""
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_run_wires_flush_denormal_into_training(run_cli, tmp_path, flush):
+    (tmp_path / "denormal_probe.py").write_text(PROBE)
+    args = [*TINY, "trainer.max_steps=1", "+callbacks.extra.probe._target_=denormal_probe.DenormalProbe"]
+    run_cli("train", *args, f"flush_denormal={flush}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert (tmp_path / "flushed.txt").read_text() == str(flush)
+
+
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
