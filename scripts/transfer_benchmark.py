@@ -33,9 +33,9 @@ data.column_names=[label,text] seed=S finetune.from_scratch=… hydra.run.dir=OU
 it selects its best checkpoint by validation macro-F1 and scores the test split with it (``test/acc`` in its
 ``metrics.json``). ``--select KEY=V1,V2`` tunes one override per set and variant without touching the test split:
 seed 0 runs every value, the value with the best validation macro-F1 runs the other seeds, and only the chosen
-runs enter the table (so pretrained and from-scratch each get their own best learning rate, say). A run whose
-metrics.json exists is not redone; a failed run is reported and marked, and the
-benchmark goes on.
+runs enter the table (so pretrained and from-scratch each get their own best learning rate, say).
+``--select-seeds K`` chooses on the mean over seeds 0..K-1 instead, for a choice less at the mercy of one seed.
+A run whose metrics.json exists is not redone; a failed run is reported and marked, and the benchmark goes on.
 """
 
 from __future__ import annotations
@@ -399,6 +399,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--select-metric", default="val/f1", help="the metrics.json key --select maximises")
     parser.add_argument(
+        "--select-seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="--select chooses on the mean over seeds 0..K-1 of every combination (default 1: seed 0 alone)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a few minutes on 2 cores: 1 seed, short pretraining on the embedded corpus (without --pretrained), "
@@ -420,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = 1 if args.quick else 3
     if args.seeds < 1:
         parser.error("--seeds must be ≥ 1")
+    if not 1 <= args.select_seeds <= args.seeds:
+        parser.error(f"--select-seeds must be between 1 and --seeds ({args.seeds}), got {args.select_seeds}")
     if args.pretrain_args is None:
         args.pretrain_args = QUICK_PRETRAIN if args.quick else "experiment=wikitext2_mlm"
     if args.out is None:
@@ -474,31 +483,38 @@ def main(argv: list[str] | None = None) -> dict:
     runs: list[dict] = []
     selections: dict = {}
     grid = selection_grid(args.select)
-    total = len(args.sets) * len(args.variants) * (args.seeds + len(grid) - 1)
+    tried = args.select_seeds if len(grid) > 1 else 0  # seeds that every combination runs
+    total = len(args.sets) * len(args.variants) * (args.seeds + tried * (len(grid) - 1))
     for name in args.sets:
         for variant in args.variants:
             files, chosen = data[name]["files"], grid[0]
-            if len(grid) > 1:  # seed 0 of every combination; the best on validation goes on to the other seeds
+            if tried:  # seeds 0..K-1 of every combination; the best on validation goes on to the other seeds
                 trials = []
                 for selected in grid:
-                    print(f"[{len(runs) + 1}/{total}] {name} {variant} seed 0 {' '.join(selected)}", flush=True)
-                    trials.append(finetune(name, variant, 0, files, pretrained, out, args, selected))
-                    runs.append(trials[-1])
-                scores = [r.get("metrics", {}).get(args.select_metric, float("-inf")) for r in trials]
+                    trials.append([])
+                    for seed in range(tried):
+                        step = f"[{len(runs) + 1}/{total}] {name} {variant} seed {seed}"
+                        print(f"{step} {' '.join(selected)}", flush=True)
+                        trials[-1].append(finetune(name, variant, seed, files, pretrained, out, args, selected))
+                        runs.append(trials[-1][-1])
+                metric = args.select_metric
+                scores = [statistics.mean(r.get("metrics", {}).get(metric, float("-inf")) for r in t) for t in trials]
                 best = max(range(len(grid)), key=scores.__getitem__)
                 chosen = grid[best]
-                for trial in trials:
-                    trial["not_chosen"] = trial is not trials[best]
-                selections.setdefault(name, {})[variant] = {"chosen": chosen, args.select_metric: scores}
-                print(f"  {name} {variant}: {' '.join(chosen)} chosen ({args.select_metric} {scores[best]:.4f})")
-            for seed in range(1 if len(grid) > 1 else 0, args.seeds):
+                for i, trial in enumerate(trials):
+                    for run in trial:
+                        run["not_chosen"] = i != best
+                selections.setdefault(name, {})[variant] = {"chosen": chosen, metric: scores, "seeds": tried}
+                print(f"  {name} {variant}: {' '.join(chosen)} chosen ({metric} {scores[best]:.4f})")
+            for seed in range(tried, args.seeds):
                 print(f"[{len(runs) + 1}/{total}] {name} {variant} seed {seed}", flush=True)
                 runs.append(finetune(name, variant, seed, files, pretrained, out, args, chosen))
 
     summary = summarise(runs, args.sets, args.variants, args.seeds)
     print_table(summary, args.variants)
     if selections:
-        print(f"chosen on validation ({args.select_metric}, seed 0 of each):")
+        over = "seed 0" if args.select_seeds == 1 else f"mean of seeds 0-{args.select_seeds - 1}"
+        print(f"chosen on validation ({args.select_metric}, {over} of each):")
         for name, by_variant in selections.items():
             picks = [f"{v} {' '.join(sel['chosen'])}" for v, sel in by_variant.items()]
             print(f"  {DISPLAY[name]}: {'; '.join(picks)}")

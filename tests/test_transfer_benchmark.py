@@ -185,6 +185,40 @@ def test_select_tunes_each_variant_on_validation_only(tb, toy_data, tmp_path, mo
     assert "pretrained optimizer.lr=1e-3; scratch optimizer.lr=3e-3" in capsys.readouterr().out
 
 
+def test_select_seeds_chooses_on_the_mean_over_the_first_seeds(tb, toy_data, tmp_path, monkeypatch, capsys):
+    # Seed 0 alone prefers lr 1e-3 (0.80 against 0.78); seeds 0 and 1 together prefer 3e-3 (0.84 against 0.75).
+    val_f1 = {("1e-3", 0): 0.80, ("3e-3", 0): 0.78, ("1e-3", 1): 0.70, ("3e-3", 1): 0.90}
+    calls = []
+
+    def fake(name, variant, seed, files, pretrained, out, args, selected=()):
+        calls.append((seed, tuple(selected)))
+        lr = selected[0].split("=")[1]
+        metrics = {"val/f1": val_f1.get((lr, seed), 0.0), "test/acc": 0.5 + seed / 100}
+        return {"set": name, "variant": variant, "seed": seed, "seconds": 1.0, "metrics": metrics}
+
+    monkeypatch.setattr(tb, "finetune", fake)
+    argv = [f"--data={toy_data}", "--sets=cr", "--seeds=3", "--variants=pretrained", "--pretrained=/nowhere"]
+    argv += [f"--out={tmp_path}", "--select", "optimizer.lr=1e-3,3e-3"]
+    assert tb.main(argv)["selections"]["cr"]["pretrained"]["chosen"] == ["optimizer.lr=1e-3"]
+    calls.clear()
+    result = tb.main([*argv, "--select-seeds=2"])
+    assert calls == [
+        (0, ("optimizer.lr=1e-3",)),
+        (1, ("optimizer.lr=1e-3",)),
+        (0, ("optimizer.lr=3e-3",)),
+        (1, ("optimizer.lr=3e-3",)),
+        (2, ("optimizer.lr=3e-3",)),
+    ]
+    selection = result["selections"]["cr"]["pretrained"]
+    assert selection["chosen"] == ["optimizer.lr=3e-3"] and selection["val/f1"] == pytest.approx([0.75, 0.84])
+    entry = result["summary"]["sets"]["cr"]["pretrained"]  # the chosen runs only: seeds 0, 1 and 2 at 3e-3
+    assert entry["runs"] == 3 and entry["accuracies"] == pytest.approx([50.0, 51.0, 52.0])
+    assert "mean of seeds 0-1 of each" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tb.main([*argv, "--select-seeds=4"])
+    assert "--select-seeds must be between 1 and --seeds (3), got 4" in capsys.readouterr().err
+
+
 def test_benchmark_end_to_end_and_resumes(toy_data, pretrained, tmp_path, cache_dir):
     out, json_path = tmp_path / "bench", tmp_path / "result.json"
     env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
