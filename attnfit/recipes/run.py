@@ -62,7 +62,7 @@ def run(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | N
 
 @contextlib.contextmanager
 def denormals_flushed(enabled: bool) -> Iterator[None]:
-    """CPU arithmetic in this thread treats numbers below float32's smallest normal (1.2e-38) as zero while the run
+    """CPU arithmetic, in every thread, treats numbers below float32's smallest normal (1.2e-38) as zero while the run
     lasts: a trained CNN's convolution backward met enough of them to run 5x slower (README, "Pretraining that
     transfers"). No effect on GPU kernels; PyTorch's default (off) comes back afterwards."""
     set_flush_denormal(enabled)
@@ -84,7 +84,8 @@ def set_flush_denormal(enabled: bool) -> None:
     except (AttributeError, OSError, TypeError):
         log.debug("no OpenMP runtime found: flush_denormal applies to the calling thread only")
         return
-    release_pool(OMP_PAUSE_SOFT)
+    if release_pool(OMP_PAUSE_SOFT) != 0:
+        log.debug("OpenMP kept its threads: flush_denormal may not reach its workers")
 
 
 def _run(

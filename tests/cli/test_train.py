@@ -36,6 +36,8 @@ def test_flush_denormal_zeroes_subnormal_floats_in_every_thread_for_the_run_only
 
 
 PROBE = """
+from pathlib import Path
+
 import lightning as L
 import torch
 
@@ -44,7 +46,7 @@ class DenormalProbe(L.Callback):  # records whether the training loop's arithmet
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0:
             flushed = bool(torch.tensor([1e-39]) * 1.0 == 0)
-            open("flushed.txt", "w").write(str(flushed))
+            Path("flushed.txt").write_text(str(flushed))
 """
 
 
