@@ -388,18 +388,26 @@ def tokenize_for_classification(
 
 @dataclass
 class ClassificationCollator:
-    """Classification batches: right-padded "input_ids", "padding_mask" (True at padding) and "labels"."""
+    """Classification batches: right-padded "input_ids", "padding_mask" (True at padding) and "labels".
+
+    ``masking`` (a masked-LM collator, ``finetune.mlm_weight``): the same sentences masked as well, as
+    "masked_input_ids" and "masked_labels", for an auxiliary masked-LM loss."""
 
     pad_id: int
+    masking: Any = None
 
     def __call__(self, examples: Sequence[dict]) -> dict:
         input_ids, padding_mask = _pad(examples, self.pad_id)
-        return {
+        batch = {
             "input_ids": input_ids,
             "padding_mask": padding_mask,
             "labels": torch.tensor([int(ex["label"]) for ex in examples], dtype=torch.long),
             "num_tokens": int((~padding_mask).sum()),
         }
+        if self.masking is not None:
+            masked = self.masking(examples)
+            batch["masked_input_ids"], batch["masked_labels"] = masked["input_ids"], masked["labels"]
+        return batch
 
 
 def class_weights(labels: Sequence[int], num_labels: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ from attnfit.models.encoders import build_encoder
 from attnfit.models.finetuning import (
     FinetunePlan,
     LoadSummary,
+    auxiliary_mlm,
     freeze_bottom,
     layer_groups,
     load_pretrained_backbone,
@@ -32,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "SequenceClassifier",
     "apply_lora",
+    "auxiliary_mlm",
     "build_attention",
     "build_encoder",
     "freeze_bottom",

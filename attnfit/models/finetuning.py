@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from attnfit.errors import CheckpointError, ConfigError
-from attnfit.models.language_model import Backbone
+from attnfit.models.language_model import Backbone, LanguageModel
 
 
 def layer_groups(backbone: Backbone) -> list[list[nn.Parameter]]:
@@ -201,3 +201,22 @@ def load_pretrained_backbone(
         loaded_values=sum(t.numel() for t in expected.values()),
         source=source,
     )
+
+
+def auxiliary_mlm(model: nn.Module, state_dict: dict[str, Tensor] | None = None) -> LanguageModel:
+    """A masked LM over ``model.backbone`` (shared, not copied), for GPT's auxiliary LM objective while
+    fine-tuning: the task's own sentences, masked, keep training the backbone as it was pretrained.
+
+    ``state_dict``: a masked LM's weights, whose MLM head (``head.*``) starts the auxiliary one; None: a new head.
+    """
+    lm = LanguageModel(model.backbone.config, backbone=model.backbone)
+    if state_dict is not None:
+        head = {key.removeprefix("head."): value for key, value in state_dict.items() if key.startswith("head.")}
+        tied = {"decoder.weight"} if lm.config.tie_embeddings else set()
+        expected = {key for key in lm.head.state_dict() if key not in tied}
+        if not expected <= set(head):
+            missing = sorted(expected - set(head))
+            raise CheckpointError(f"the checkpoint has no masked-LM head to continue (missing: head.{missing[0]})")
+        with torch.no_grad():
+            lm.head.load_state_dict({key: head[key] for key in expected}, strict=False)
+    return lm

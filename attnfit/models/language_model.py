@@ -94,15 +94,16 @@ class LMHead(nn.Module):
 class LanguageModel(nn.Module):
     """Masked LM (``config.causal=False``) or causal LM (``config.causal=True``) over any encoder × attention."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, backbone: Backbone | None = None) -> None:
+        """``backbone``: share another model's (a classifier's auxiliary MLM while fine-tuning), not a new one."""
         super().__init__()
         self.config = config
-        self.backbone = Backbone(config)
+        self.backbone = Backbone(config) if backbone is None else backbone
         enc = config.encoder
         self.head = LMHead(
             config.dim, config.vocab_size, not config.causal, enc.activation, enc.norm_eps, config.head_bias
         )
-        self.apply(init_weights)
+        (self if backbone is None else self.head).apply(init_weights)
         if config.tie_embeddings:
             self.head.decoder.weight = self.backbone.embeddings.token.weight
 

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from attnfit.errors import CheckpointError, ConfigError
+from attnfit.errors import CheckpointError, ConfigError, check_choice
 from attnfit.options import container, input_length, run_config
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
 from attnfit.tasks import get_task
@@ -56,7 +56,8 @@ def check_backbone(cfg: DictConfig, pretrained: Artifact | None, seq_len: int, k
         raise ConfigError(f"{key}={seq_len} exceeds the pretrained model's max_len={max_len}; choose {key} ≤ {max_len}")
 
 
-def check_finetune_options(cfg: DictConfig) -> None:
+def check_finetune_options(cfg: DictConfig, auxiliary_mlm: bool = False) -> None:
+    """``auxiliary_mlm``: the task trains with ``finetune.mlm_weight`` (classification); others refuse it."""
     ft = cfg.get("finetune")
     if ft is None:
         return
@@ -64,6 +65,30 @@ def check_finetune_options(cfg: DictConfig) -> None:
         raise ConfigError(f"finetune.freeze_layers={ft.freeze_layers} must be ≥ 0")
     if ft.head_lr is not None and float(ft.head_lr) <= 0:
         raise ConfigError(f"finetune.head_lr={ft.head_lr} must be > 0")
+    weight = mlm_weight(cfg)
+    if weight < 0:
+        raise ConfigError(f"finetune.mlm_weight={ft.mlm_weight} must be ≥ 0 (0: no auxiliary masked-LM loss)")
+    if weight > 0 and not auxiliary_mlm:
+        raise ConfigError(f"finetune.mlm_weight={ft.mlm_weight} is for task=classification; set finetune.mlm_weight=0")
+    if weight > 0:
+        from attnfit.tasks.language_modeling import MASKINGS
+
+        check_choice("finetune.mlm_masking", str(ft.get("mlm_masking")), MASKINGS)
+
+
+def mlm_weight(cfg: DictConfig) -> float:
+    """``finetune.mlm_weight``: how much the auxiliary masked-LM loss counts (0: none, and no masked copies)."""
+    return float((cfg.get("finetune") or {}).get("mlm_weight") or 0.0)
+
+
+def check_auxiliary_mlm(cfg: DictConfig, pretrained: Artifact | None) -> None:
+    """An auxiliary masked-LM loss continues a masked LM's head; other models have none to continue."""
+    finetune = cfg.get("finetune") or {}
+    if mlm_weight(cfg) > 0 and pretrained is not None and not finetune.get("from_scratch") and pretrained.task != "mlm":
+        raise ConfigError(
+            f"finetune.mlm_weight={finetune.mlm_weight} continues a masked LM's head, but {pretrained.source} is a "
+            f"{pretrained.task} model; set finetune.mlm_weight=0 or fine-tune a task=mlm model"
+        )
 
 
 def finetuned_backbone(
@@ -161,7 +186,8 @@ class Classification(Task):
         if not continues:
             raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; fine-tune a language model instead")
         check_backbone(cfg, pretrained, int(cfg.data.seq_len))
-        check_finetune_options(cfg)
+        check_finetune_options(cfg, auxiliary_mlm=True)
+        check_auxiliary_mlm(cfg, pretrained)
 
     def prepare(
         self, cfg: DictConfig, tokenizers: tuple[Any, Any] | None, label_names: list[str] | None = None
@@ -175,6 +201,7 @@ class Classification(Task):
             load_classification_splits,
             tokenize_for_classification,
         )
+        from attnfit.tasks.language_modeling import masking_collator
 
         data, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
         files = {split: data.get(split) for split in ("train", "validation", "test") if data.get(split)}
@@ -211,7 +238,12 @@ class Classification(Task):
         if cfg.task.get("class_weights"):
             weights = class_weights(encoded["train"]["label"], len(label_names)).tolist()
         collator = ClassificationCollator(special_token_id(tokenizer, "pad"))
-        datamodule = datamodule_for(cfg, encoded, collator)
+        train_collator = collator
+        if mlm_weight(cfg) > 0:  # the same sentences masked too, for the auxiliary masked-LM loss
+            masking = str(cfg.finetune.mlm_masking)
+            masking = masking_collator(masking, 0.15, tokenizer, cfg.seed, key="finetune.mlm_masking")
+            train_collator = ClassificationCollator(collator.pad_id, masking)
+        datamodule = datamodule_for(cfg, encoded, train_collator, collator)
         validation = encoded["validation"]
         rows = [validation[i] for i in range(min(4, len(validation)))]  # fixed examples for heat maps
         tokens = [[tokenizer.decode([t]).strip() or tokenizer.id_to_token(t) for t in row["input_ids"]] for row in rows]
@@ -220,7 +252,7 @@ class Classification(Task):
         return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), extra=extra, texts=texts)
 
     def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
-        from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier
+        from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier, auxiliary_mlm
         from attnfit.training.classification_module import ClassificationModule
 
         label_names = prepared.extra["label_names"]
@@ -233,6 +265,14 @@ class Classification(Task):
         )
         model = SequenceClassifier(config, head)
         plan = finetuned_backbone(model, cfg, pretrained, reuse_pooler(model, cfg, pretrained))
+        auxiliary = None
+        if mlm_weight(cfg) > 0:
+            scratch = pretrained is None or cfg.finetune.get("from_scratch")
+            auxiliary = auxiliary_mlm(model, None if scratch else merged_state_dict(pretrained))
+            shared = {id(p) for p in model.parameters()}
+            plan.head += [p for p in auxiliary.head.parameters() if id(p) not in shared]  # trained at the head's lr
+            start = "a new MLM head" if scratch else "the pretrained MLM head"
+            log.info(f"auxiliary masked LM: {start} × finetune.mlm_weight={mlm_weight(cfg)} joins the task loss")
         record = ModelRecord(
             "classification",
             config.to_dict(),
@@ -244,7 +284,9 @@ class Classification(Task):
             hf=pretrained.record.hf if pretrained is not None else None,
         )
         optimization = finetune_optimization(cfg, plan, total_steps)
-        return ClassificationModule(model, record, optimization, class_weights=prepared.extra["class_weights"])
+        return ClassificationModule(
+            model, record, optimization, prepared.extra["class_weights"], auxiliary, mlm_weight(cfg)
+        )
 
     def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:
         from attnfit.training.callbacks import AttentionHeatmaps

@@ -45,26 +45,28 @@ MASKINGS = ("token", "whole_word", "span")
 
 
 def masking_collators(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any]:
-    """Training and validation collators of ``task.masking``: BERT's token masking, whole words, or SpanBERT's
-    whole-word spans; validation masks repeat on every pass."""
+    """Training and validation collators of ``task.masking``; validation masks repeat on every pass."""
+    masking, prob = str(cfg.task.get("masking", "token")), float(cfg.task.mask_prob)
+    return (
+        masking_collator(masking, prob, tokenizer, cfg.seed),
+        masking_collator(masking, prob, tokenizer, cfg.seed + 1, repeat_masks=True),
+    )
+
+
+def masking_collator(
+    masking: str, prob: float, tokenizer: Any, seed: int, repeat_masks: bool = False, key: str = "task.masking"
+) -> Any:
+    """A masked-LM collator: BERT's token masking, whole words, or SpanBERT's whole-word spans."""
     from attnfit.data import MLMCollator, special_token_id, special_token_ids
     from attnfit.data.masking import SpanMLMCollator, WholeWordMLMCollator
 
-    masking = str(cfg.task.get("masking", "token"))
-    check_choice("task.masking", masking, MASKINGS)
-    prob = float(cfg.task.mask_prob)
+    check_choice(key, masking, MASKINGS)
     if masking == "token":
         ids = special_token_id(tokenizer, "pad"), special_token_id(tokenizer, "mask"), tokenizer.get_vocab_size()
         specials = tuple(i for i in special_token_ids(tokenizer).values() if i is not None)
-        return (
-            MLMCollator(*ids, specials, prob, seed=cfg.seed),
-            MLMCollator(*ids, specials, prob, seed=cfg.seed + 1, repeat_masks=True),
-        )
+        return MLMCollator(*ids, specials, prob, seed=seed, repeat_masks=repeat_masks)
     cls = WholeWordMLMCollator if masking == "whole_word" else SpanMLMCollator
-    return (
-        cls.from_tokenizer(tokenizer, mask_prob=prob, seed=cfg.seed),
-        cls.from_tokenizer(tokenizer, mask_prob=prob, seed=cfg.seed + 1, repeat_masks=True),
-    )
+    return cls.from_tokenizer(tokenizer, mask_prob=prob, seed=seed, repeat_masks=repeat_masks)
 
 
 def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:

@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from attnfit.models.classifier import SequenceClassifier
+from attnfit.models.language_model import LanguageModel
 from attnfit.pretrained import ModelRecord
 from attnfit.training.module import Optimization, TaskModule
 
@@ -19,7 +20,9 @@ class ClassificationModule(TaskModule):
     """Cross-entropy (optionally class-weighted) on a :class:`SequenceClassifier`; accuracy and macro-F1.
 
     Fine-tuning surgery (LoRA, freezing, layer-wise LR, gradual unfreezing) is applied to the model before it
-    gets here (:func:`attnfit.models.prepare_for_finetuning`)."""
+    gets here (:func:`attnfit.models.prepare_for_finetuning`). ``auxiliary``: a masked LM sharing the model's
+    backbone (:func:`attnfit.models.auxiliary_mlm`), whose loss on the batch's masked copy joins the training loss
+    times ``mlm_weight``; it is not part of the saved model."""
 
     model: SequenceClassifier
 
@@ -29,8 +32,11 @@ class ClassificationModule(TaskModule):
         record: ModelRecord,
         optimization: Optimization | None = None,
         class_weights: list[float] | None = None,
+        auxiliary: LanguageModel | None = None,
+        mlm_weight: float = 0.0,
     ) -> None:
         super().__init__(model, record, optimization)
+        self.auxiliary, self.mlm_weight = auxiliary, mlm_weight
         self.label_names = list(record.label_names or [])
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -55,6 +61,11 @@ class ClassificationModule(TaskModule):
         self.log("train/loss", loss)
         self.log("loss", loss, prog_bar=True, logger=False)
         self.log("train/acc", (logits.argmax(-1) == batch["labels"]).float().mean())
+        if self.auxiliary is not None:
+            ids, labels = batch["masked_input_ids"], batch["masked_labels"]
+            masked_loss = self.auxiliary.labelled_loss(ids, batch["padding_mask"], labels)[0]
+            self.log("train/mlm_loss", masked_loss)
+            loss = loss + self.mlm_weight * masked_loss
         return loss
 
     def _eval_step(self, batch: dict[str, Any], metrics: MetricCollection, split: str) -> None:

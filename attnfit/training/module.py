@@ -58,7 +58,7 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimization is None:
             raise RuntimeError(f"{type(self).__name__} was built for evaluation only (no optimization)")
-        return self.optimization.configure(self.model, self._time_used())
+        return self.optimization.configure(self, self._time_used())  # the model and any auxiliary head
 
     def _time_used(self) -> Callable[[], float] | None:
         """The fraction of ``trainer.max_time`` spent, from Lightning's Timer (its clock is restored on resume);

@@ -238,8 +238,30 @@ def test_domain_adaptation_continues_pretraining_on_the_task_text_then_fine_tune
     assert tuned.task == "classification"
 
 
-def test_domain_adaptation_needs_a_pretrained_language_model(run_cli, tmp_path, pretrained):
+def test_domain_adaptation_and_auxiliary_mlm_need_a_pretrained_language_model(run_cli, tmp_path, pretrained):
     classifier = tmp_path / "clf"
     run_cli("finetune", f"pretrained={pretrained}", *FT, "trainer.max_steps=2", f"hydra.run.dir={classifier}")
     proc = run_cli("finetune", f"pretrained={classifier}", *FT, "finetune.adapt_steps=2", check=False)
     assert proc.returncode == 2 and "continues a pretrained language model" in proc.stderr
+    proc = run_cli("finetune", f"pretrained={classifier}", *FT, "finetune.mlm_weight=0.5", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        "is a classification model; set finetune.mlm_weight=0 or fine-tune a task=mlm model"
+    )
+    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, "finetune.mlm_weight=-1", check=False)
+    assert proc.returncode == 2 and "finetune.mlm_weight=-1 must be ≥ 0" in proc.stderr
+
+
+def test_auxiliary_mlm_trains_with_the_task_and_leaves_a_plain_classifier(run_cli, tmp_path, pretrained):
+    run_dir = tmp_path / "aux"
+    run_cli("finetune", f"pretrained={pretrained}", *FT, "finetune.mlm_weight=0.5", f"hydra.run.dir={run_dir}")
+    tuned = load_artifact(run_dir)
+    assert not any(key.startswith("auxiliary") for key in tuned.state_dict)
+    build_model(tuned)  # the saved classifier loads as any other: no auxiliary tensors missing or left over
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    masked = [event.value for event in events.Scalars("train/mlm_loss")]
+    assert len(masked) == 8 and all(0 < value < 20 for value in masked)  # logged at every step
+    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, "finetune.mlm_weight=0.5",
+                   "finetune.mlm_masking=words", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "finetune.mlm_masking" in proc.stderr and "whole_word" in proc.stderr

@@ -319,6 +319,23 @@ def test_collator():
     assert batch["num_tokens"] == 6
 
 
+def test_collator_with_masking_adds_a_masked_copy_of_the_same_sentences(tok):
+    from attnfit.tasks.language_modeling import masking_collator
+
+    rows = [{"input_ids": [CLS_ID, *_ids(tok, text), EOS_ID], "label": i % 2} for i, text in enumerate(TEXTS)]
+    plain = ClassificationCollator(pad_id=PAD_ID)(rows)
+    batch = ClassificationCollator(PAD_ID, masking_collator("whole_word", 0.15, tok, seed=0))(rows)
+    assert set(batch) == {*plain, "masked_input_ids", "masked_labels"} and "masked_input_ids" not in plain
+    for key in plain:  # the classification batch itself is untouched
+        assert torch.equal(torch.as_tensor(batch[key]), torch.as_tensor(plain[key])), key
+    ids, masked, labels = batch["input_ids"], batch["masked_input_ids"], batch["masked_labels"]
+    chosen = labels != -100
+    assert 0 < chosen.sum() < (~batch["padding_mask"]).sum()
+    assert torch.equal(labels[chosen], ids[chosen])  # labels hold the original tokens where chosen
+    assert torch.equal(masked[~chosen], ids[~chosen])  # and the masked copy differs nowhere else
+    assert not chosen[batch["padding_mask"]].any() and not chosen[:, 0].any()  # never padding or <cls>
+
+
 def test_class_weights():
     weights = class_weights([0, 0, 0, 1, 2, 2], num_labels=3)  # inverse counts 1/3, 1, 1/2 -> mean 11/18
     assert weights.tolist() == pytest.approx([6 / 11, 18 / 11, 9 / 11])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from attnfit.models import (
     LanguageModel,
     ModelConfig,
     SequenceClassifier,
+    auxiliary_mlm,
     freeze_bottom,
     layer_groups,
     load_pretrained_backbone,
@@ -167,3 +170,36 @@ def test_a_different_encoder_is_refused():
     message = r"the checkpoint has a recurrent \(lstm/gru\) encoder, the model a transformer encoder(.|\n)*stack"
     with pytest.raises(CheckpointError, match=message):
         load_pretrained_backbone(classifier("transformer"), lm.state_dict())
+
+
+def test_auxiliary_mlm_shares_the_backbone_and_continues_the_pretrained_head():
+    torch.manual_seed(0)
+    lm = LanguageModel(backbone_config("cnn"))
+    model = classifier("cnn")
+    load_pretrained_backbone(model, lm.state_dict())
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    auxiliary = auxiliary_mlm(model, lm.state_dict())
+
+    assert auxiliary.backbone is model.backbone  # shared, so its loss trains the classifier's backbone
+    assert auxiliary.head.decoder.weight is model.backbone.embeddings.token.weight  # tied as in pretraining
+    for key, value in lm.head.state_dict().items():
+        assert torch.equal(auxiliary.head.state_dict()[key], value), key
+    for key, value in backbone_before.items():  # building it re-initialised nothing of the backbone
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    ids = torch.randint(7, 40, (3, 10))
+    labels = torch.full_like(ids, -100)
+    labels[:, 4] = ids[:, 4]
+    masked = ids.clone()
+    masked[:, 4] = 4
+    torch.testing.assert_close(
+        auxiliary.labelled_loss(masked, None, labels)[0], lm.labelled_loss(masked, None, labels)[0]
+    )
+
+
+def test_auxiliary_mlm_needs_a_masked_lm_head():
+    model = classifier()
+    fresh = auxiliary_mlm(model)  # no checkpoint: a new head (the from-scratch baseline)
+    assert fresh.backbone is model.backbone and fresh.head.transform is not None
+    causal = LanguageModel(dataclasses.replace(backbone_config(), causal=True))
+    with pytest.raises(CheckpointError, match=r"no masked-LM head to continue \(missing: head\.transform"):
+        auxiliary_mlm(model, causal.state_dict())

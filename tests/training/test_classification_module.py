@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from attnfit.errors import ConfigError
-from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier, prepare_for_finetuning
+from attnfit.models import (
+    ClassifierConfig,
+    ModelConfig,
+    SequenceClassifier,
+    auxiliary_mlm,
+    prepare_for_finetuning,
+)
 from attnfit.models.finetuning import layer_groups
 from attnfit.pretrained import ModelRecord
 from attnfit.training.callbacks import GradualUnfreezing
@@ -30,13 +36,17 @@ OPT = {"name": "adamw", "lr": 1e-2, "weight_decay": 0.0}
 SCHED = {"name": "constant", "warmup_steps": 0}
 
 
-def module(class_weights: list[float] | None = None, **finetune) -> ClassificationModule:
+def module(class_weights: list[float] | None = None, mlm_weight: float = 0.0, **finetune) -> ClassificationModule:
     """A classifier prepared for fine-tuning as attnfit.tasks.classification does it."""
     model = SequenceClassifier(ModelConfig.from_dict(MODEL), ClassifierConfig.from_dict(CLASSIFIER))
     plan = prepare_for_finetuning(model, finetune)
+    auxiliary = auxiliary_mlm(model) if mlm_weight else None
+    if auxiliary is not None:
+        shared = {id(p) for p in model.parameters()}
+        plan.head += [p for p in auxiliary.head.parameters() if id(p) not in shared]
     optimization = Optimization(OPT, SCHED, 10, plan.layers, plan.head, plan.layer_lr_decay, plan.head_lr)
     record = ModelRecord("classification", MODEL, "", head_config=CLASSIFIER, label_names=["no", "yes"])
-    return ClassificationModule(model, record, optimization, class_weights=class_weights)
+    return ClassificationModule(model, record, optimization, class_weights, auxiliary, mlm_weight)
 
 
 def batches(n: int = 8) -> DataLoader:
@@ -101,3 +111,30 @@ def test_class_weights_reach_the_loss():
     expected = F.cross_entropy(logits, batch["labels"], weight=torch.tensor([0.25, 4.0]))
     torch.testing.assert_close(loss, expected)
     assert not torch.allclose(loss, F.cross_entropy(logits, batch["labels"]))
+
+
+def with_masked_copy(batch: dict) -> dict:
+    """The batch as a masking collator leaves it: position 3 of every row masked (id 4), labelled."""
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[:, 3] = batch["input_ids"][:, 3]
+    return {**batch, "masked_input_ids": batch["input_ids"].masked_fill(labels != -100, 4), "masked_labels": labels}
+
+
+def test_auxiliary_mlm_loss_joins_the_task_loss_and_its_head_trains_but_is_not_saved():
+    torch.manual_seed(0)
+    m = module(mlm_weight=0.5, head_lr=0.3)
+    batch = with_masked_copy(next(iter(batches())))
+    m.eval()  # no dropout, so the forward passes agree
+    masked_loss = m.auxiliary.labelled_loss(batch["masked_input_ids"], batch["padding_mask"], batch["masked_labels"])
+    torch.testing.assert_close(m.training_step(batch, 0), m._loss(batch)[0] + 0.5 * masked_loss[0])
+
+    groups = m.configure_optimizers()["optimizer"].param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    transform = list(m.auxiliary.head.transform.parameters())
+    assert all(lr_of[id(p)] == 0.3 for p in transform)  # trained, at the head's learning rate
+    assert len(lr_of) == len({id(p) for p in m.parameters()})  # each parameter once (the tied decoder too)
+    assert all(not key.startswith("auxiliary") for key in m.model.state_dict())  # not part of the saved model
+    before = [p.detach().clone() for p in transform]
+    L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(m, DataLoader([batch, batch], batch_size=None))  # fmt: skip
+    assert all(not torch.equal(a, b) for a, b in zip(before, transform, strict=True))
