@@ -76,6 +76,25 @@ def check_finetune_options(cfg: DictConfig, auxiliary_mlm: bool = False) -> None
         check_choice("finetune.mlm_masking", str(ft.get("mlm_masking")), MASKINGS)
 
 
+# The finetune.* options a task applies only through FinetunePlan, at the values that change nothing.
+PLAN_OPTIONS = {"from_scratch": False, "dropout": None, "freeze_embeddings": False, "freeze_layers": 0,
+                "gradual_unfreeze_every": None, "layer_lr_decay": 1.0, "head_lr": None, "mlm_weight": 0.0,
+                "lora.enabled": False}  # fmt: skip
+
+
+def refuse_plan_options(cfg: DictConfig) -> None:
+    """ConfigError for a ``finetune.*`` option set on a task that does not apply it, rather than ignoring it."""
+    from omegaconf import OmegaConf
+
+    for key, inert in PLAN_OPTIONS.items():
+        value = OmegaConf.select(cfg, f"finetune.{key}", default=inert)
+        if value != inert:
+            raise ConfigError(
+                f"finetune.{key}={value} is not applied by task={cfg.task.name}, which fine-tunes its whole "
+                f"pretrained encoder; remove it (finetune.{key}={inert if inert is not None else 'null'})"
+            )
+
+
 def mlm_weight(cfg: DictConfig) -> float:
     """``finetune.mlm_weight``: how much the auxiliary masked-LM loss counts (0: none, and no masked copies)."""
     return float((cfg.get("finetune") or {}).get("mlm_weight") or 0.0)

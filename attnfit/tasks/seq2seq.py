@@ -16,6 +16,7 @@ from attnfit.errors import ConfigError, check_choice
 from attnfit.options import container, input_length, run_config
 from attnfit.pretrained import Artifact, ModelRecord
 from attnfit.tasks.base import Prepared, Task, datamodule_for
+from attnfit.tasks.classification import refuse_plan_options
 
 log = logging.getLogger("attnfit")
 METRICS = ("bleu", "rouge")
@@ -73,6 +74,7 @@ class Seq2Seq(Task):
         if pretrained is not None and pretrained.task == "seq2seq":
             raise ConfigError(f"{pretrained.source} is already a seq2seq model; continue it with ckpt_path= instead")
         encoder = _pretrained_encoder(pretrained)
+        refuse_plan_options(cfg)
         check_choice("task.metric", cfg.task.metric, METRICS)
         if cfg.get("decoder") is None:
             raise ConfigError("task=seq2seq needs a decoder: decoder=gru, decoder=lstm or decoder=transformer")

@@ -211,3 +211,9 @@ def test_finetune_starts_the_encoder_from_a_pretrained_language_model(run_cli, t
     assert checkpoint["attnfit"]["tokenizer"] == lm["attnfit"]["tokenizer"]  # the LM's vocabulary, both sides
     assert checkpoint["attnfit"]["model_config"]["encoder"]["dim"] == lm["attnfit"]["model_config"]["dim"]
     assert "test/bleu" in _metrics(run_dir)
+    # The fine-tuning plan's options (freezing, LoRA, …) are classification's and QA's: refused, not ignored.
+    proc = run_cli("finetune", f"pretrained={pretrained}", "task=seq2seq", "finetune.freeze_layers=1", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        "finetune.freeze_layers=1 is not applied by task=seq2seq, which fine-tunes its whole pretrained encoder; "
+        "remove it (finetune.freeze_layers=0)"
+    ), proc.stderr[-2000:]
