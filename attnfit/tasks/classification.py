@@ -17,6 +17,7 @@ from attnfit.tasks import get_task
 from attnfit.tasks.base import Prepared, Task, datamodule_for
 
 log = logging.getLogger("attnfit")
+AUXILIARY_MASK_PROB = 0.15  # finetune.mlm_weight's masking rate: BERT's
 
 
 def task_tokenizer(cfg: DictConfig, texts: Any, cache_key: str) -> Any:
@@ -259,8 +260,9 @@ class Classification(Task):
         collator = ClassificationCollator(special_token_id(tokenizer, "pad"))
         train_collator = collator
         if mlm_weight(cfg) > 0:  # the same sentences masked too, for the auxiliary masked-LM loss
-            masking = str(cfg.finetune.mlm_masking)
-            masking = masking_collator(masking, 0.15, tokenizer, cfg.seed, key="finetune.mlm_masking")
+            masking = masking_collator(
+                str(cfg.finetune.mlm_masking), AUXILIARY_MASK_PROB, tokenizer, cfg.seed, key="finetune.mlm_masking"
+            )
             train_collator = ClassificationCollator(collator.pad_id, masking)
         datamodule = datamodule_for(cfg, encoded, train_collator, collator)
         validation = encoded["validation"]
