@@ -130,6 +130,22 @@ def warm_python(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     _warm = None
 
 
+# A callback module for ``+callbacks.extra.probe._target_=denormal_probe.DenormalProbe``: writes flushed.txt.
+DENORMAL_PROBE = """
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class DenormalProbe(L.Callback):  # records whether the training loop's arithmetic flushes subnormal floats
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            flushed = bool(torch.tensor([1e-39]) * 1.0 == 0)
+            Path("flushed.txt").write_text(str(flushed))
+"""
+
+
 FRESH_PROCESS_ARGS = ("trainer=ddp", "trainer=fsdp")  # launchers that re-execute the command line: the real thing
 
 

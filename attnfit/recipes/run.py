@@ -7,16 +7,14 @@ checkpoint) → metrics → hparams → summary. What differs between tasks is a
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
 import shlex
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf
@@ -37,11 +35,10 @@ from attnfit.recipes.common import (
 )
 from attnfit.runs.lock import run_directory_lock
 from attnfit.tasks import Prepared, Task, get_task
-from attnfit.training.callbacks import StartupTimes
+from attnfit.training.callbacks import FlushDenormals, StartupTimes
 from attnfit.training.module import compile_blocks
 
 log = logging.getLogger("attnfit")
-OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: release the threads, keep the settings
 
 
 def run(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | None:
@@ -56,36 +53,8 @@ def run(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | N
     except (FileExistsError, NotADirectoryError, PermissionError) as error:
         raise ConfigError(f"cannot create the run directory {output_dir}: {error.strerror or error}") from None
     lock = run_directory_lock(output_dir) if is_rank_zero() else contextlib.nullcontext()
-    with lock, denormals_flushed(bool(cfg.get("flush_denormal", False))):
+    with lock:
         return _run(cfg, callbacks, task, output_dir, started)
-
-
-@contextlib.contextmanager
-def denormals_flushed(enabled: bool) -> Iterator[None]:
-    """CPU arithmetic, in every thread, treats numbers below float32's smallest normal (1.2e-38) as zero while the run
-    lasts: a trained CNN's convolution backward met enough of them to run 5x slower (README, "Pretraining that
-    transfers"). No effect on GPU kernels; PyTorch's default (off) comes back afterwards."""
-    set_flush_denormal(enabled)
-    try:
-        yield
-    finally:
-        set_flush_denormal(False)
-
-
-def set_flush_denormal(enabled: bool) -> None:
-    """``torch.set_flush_denormal`` for every CPU thread that computes, not the calling one alone.
-
-    The mode is per thread, and OpenMP's workers keep the one they started with (with 2 threads, half of a large
-    product stayed subnormal). Releasing OpenMP's pool makes the next parallel region start new workers, and a new
-    thread copies its creator's floating-point mode."""
-    torch.set_flush_denormal(enabled)
-    try:
-        release_pool = ctypes.CDLL(None).omp_pause_resource_all  # OpenMP 5.0; torch's OpenMP runtime is loaded
-    except (AttributeError, OSError, TypeError):
-        log.debug("no OpenMP runtime found: flush_denormal applies to the calling thread only")
-        return
-    if release_pool(OMP_PAUSE_SOFT) != 0:
-        log.debug("OpenMP kept its threads: flush_denormal may not reach its workers")
 
 
 def _run(
@@ -150,6 +119,8 @@ def _run(
         log.info("torch.compile: %d blocks", compile_blocks(module.model))
     monitor, mode = task.monitor(cfg)
     extra = [StartupTimes(started), *task.callbacks(cfg, prepared, module), *(callbacks or [])]
+    if cfg.get("flush_denormal"):
+        extra.append(FlushDenormals())
     trainer = build_trainer(cfg, output_dir, monitor=monitor, mode=mode, extra_callbacks=extra)
     if is_rank_zero():
         log_memory_estimate(cfg, module, trainer)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import attnfit
 from attnfit.pretrained import build_model, load_artifact
-from tests.conftest import TINY
+from tests.conftest import DENORMAL_PROBE, TINY
 
 # Fine-tuning knobs for speed; the pretrained model fixes width and depth.
 FT = [
@@ -220,7 +220,11 @@ def test_missing_pretrained_and_bad_split_are_explained(run_cli, tmp_path, pretr
 
 def test_domain_adaptation_continues_pretraining_on_the_task_text_then_fine_tunes(run_cli, tmp_path, pretrained):
     run_dir = tmp_path / "adapted"
-    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, "finetune.adapt_steps=3", f"hydra.run.dir={run_dir}")
+    (tmp_path / "denormal_probe.py").write_text(DENORMAL_PROBE)
+    probe = "+callbacks.extra.probe._target_=denormal_probe.DenormalProbe"
+    proc = run_cli(
+        "finetune", f"pretrained={pretrained}", *FT, "finetune.adapt_steps=3", probe, f"hydra.run.dir={run_dir}"
+    )
     adapt = run_dir / "adapt"
     assert "domain adaptation done" in proc.stdout + proc.stderr
     corpus = (adapt / "train.txt").read_text().splitlines()
@@ -236,6 +240,7 @@ def test_domain_adaptation_continues_pretraining_on_the_task_text_then_fine_tune
     key = "backbone.encoder.stack.layers.0.ffn.0.weight"
     assert not torch.equal(adapted.state_dict[key], source.state_dict[key])  # three MLM steps moved it
     assert tuned.task == "classification"
+    assert (tmp_path / "flushed.txt").read_text() == "True"  # fine-tuning flushes, though the adaptation run ended
 
 
 def test_domain_adaptation_and_auxiliary_mlm_need_a_pretrained_language_model(run_cli, tmp_path, pretrained):

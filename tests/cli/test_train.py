@@ -11,51 +11,46 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY
+from tests.conftest import DENORMAL_PROBE, TINY
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_flush_denormal_zeroes_subnormal_floats_in_every_thread_for_the_run_only(enabled):
+def test_flush_denormal_zeroes_subnormal_floats_in_every_thread_from_setup_to_teardown():
     from attnfit.cli import CONFIG_DIR
-    from attnfit.recipes.run import denormals_flushed
+    from attnfit.training.callbacks import FlushDenormals
 
     assert all(OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml").flush_denormal for name in ("train", "finetune"))
     # Below float32's smallest normal (1.2e-38); big enough that two threads each take a half.
     subnormal = torch.full((1 << 22,), 1e-39)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    flush = FlushDenormals()
     try:
         assert torch.equal(subnormal * 1.0, subnormal)  # OpenMP's workers now exist, with PyTorch's default mode
-        with denormals_flushed(enabled):
-            inside = subnormal * 1.0
-        after = subnormal * 1.0
+        flush.setup(None, None, "fit")
+        inside = subnormal * 1.0
     finally:
+        flush.teardown(None, None, "fit")
+        after = subnormal * 1.0
         torch.set_num_threads(threads)
-    assert torch.equal(inside, torch.zeros_like(subnormal)) if enabled else torch.equal(inside, subnormal)
+    assert torch.equal(inside, torch.zeros_like(subnormal))
     assert torch.equal(after, subnormal)  # PyTorch's default is back, in the workers too, for whatever runs next
-
-
-PROBE = """
-from pathlib import Path
-
-import lightning as L
-import torch
-
-
-class DenormalProbe(L.Callback):  # records whether the training loop's arithmetic flushes subnormal floats
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0:
-            flushed = bool(torch.tensor([1e-39]) * 1.0 == 0)
-            Path("flushed.txt").write_text(str(flushed))
-"""
 
 
 @pytest.mark.parametrize("flush", [True, False])
 def test_the_run_wires_flush_denormal_into_training(run_cli, tmp_path, flush):
-    (tmp_path / "denormal_probe.py").write_text(PROBE)
+    (tmp_path / "denormal_probe.py").write_text(DENORMAL_PROBE)
     args = [*TINY, "trainer.max_steps=1", "+callbacks.extra.probe._target_=denormal_probe.DenormalProbe"]
     run_cli("train", *args, f"flush_denormal={flush}", f"hydra.run.dir={tmp_path / 'run'}")
     assert (tmp_path / "flushed.txt").read_text() == str(flush)
+
+
+def test_flush_denormal_reaches_ddp_spawn_workers(run_cli, tmp_path):
+    # Spawned processes start with PyTorch's default mode: the run must set it inside each worker.
+    (tmp_path / "denormal_probe.py").write_text(DENORMAL_PROBE)
+    args = [*TINY, "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "trainer.max_steps=1"]
+    probe = "+callbacks.extra.probe._target_=denormal_probe.DenormalProbe"
+    run_cli("train", *args, probe, f"hydra.run.dir={tmp_path / 'run'}")
+    assert (tmp_path / "flushed.txt").read_text() == "True"
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
