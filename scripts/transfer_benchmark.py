@@ -440,6 +440,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def pretrain_once(out: Path, pretrain_args: str) -> Path:
+    """``OUT/pretrained``: pretrained with ``attnfit-train PRETRAIN_ARGS`` unless a finished run is there already."""
+    pretrained = out / "pretrained"
+    if (pretrained / "metrics.json").exists():
+        print(f"pretrained model: {pretrained} done already, not redone")
+        return pretrained
+    if pretrained.exists():
+        shutil.rmtree(pretrained)
+    start = time.perf_counter()
+    overrides = [*shlex.split(pretrain_args), f"hydra.run.dir={pretrained}", "callbacks.progress_bar=none"]
+    proc = cli("train", overrides, None)
+    if proc.returncode != 0:
+        sys.exit(f"pretraining failed:\n{proc.stderr[-3000:]}")
+    print(f"  pretrained in {time.perf_counter() - start:.0f} s")
+    return pretrained
+
+
+def select_on_validation(
+    name: str, variant: str, grid: list[list[str]], files: dict, pretrained: Path, out: Path,
+    args: argparse.Namespace, runs: list[dict], total: int,
+) -> dict:  # fmt: skip
+    """Fine-tunes seeds 0..K-1 (``--select-seeds``) of every combination in ``grid``, appending the runs to
+    ``runs``; returns the choice: the combination with the best mean ``--select-metric``, and every mean."""
+    trials: list[list[dict]] = [[] for _ in grid]
+    for selected, trial in zip(grid, trials, strict=True):
+        for seed in range(args.select_seeds):
+            print(f"[{len(runs) + 1}/{total}] {name} {variant} seed {seed} {' '.join(selected)}", flush=True)
+            trial.append(finetune(name, variant, seed, files, pretrained, out, args, selected))
+            runs.append(trial[-1])
+    metric = args.select_metric
+    scores = [statistics.mean(r.get("metrics", {}).get(metric, float("-inf")) for r in trial) for trial in trials]
+    best = max(range(len(grid)), key=scores.__getitem__)
+    for i, trial in enumerate(trials):
+        for run in trial:
+            run["not_chosen"] = i != best
+    print(f"  {name} {variant}: {' '.join(grid[best])} chosen ({metric} {scores[best]:.4f})")
+    return {"chosen": grid[best], metric: scores, "seeds": args.select_seeds}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out, data_dir = Path(args.out).resolve(), Path(args.data).resolve()
@@ -460,21 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{f' ({dropped} empty lines dropped)' if dropped else ''}{used}"
         )
 
-    if args.pretrained:
-        pretrained = Path(args.pretrained).resolve()
-    else:
-        pretrained = out / "pretrained"
-        if (pretrained / "metrics.json").exists():
-            print(f"pretrained model: {pretrained} done already, not redone")
-        else:
-            if pretrained.exists():
-                shutil.rmtree(pretrained)
-            start = time.perf_counter()
-            overrides = [*shlex.split(args.pretrain_args), f"hydra.run.dir={pretrained}", "callbacks.progress_bar=none"]
-            proc = cli("train", overrides, None)
-            if proc.returncode != 0:
-                sys.exit(f"pretraining failed:\n{proc.stderr[-3000:]}")
-            print(f"  pretrained in {time.perf_counter() - start:.0f} s")
+    pretrained = Path(args.pretrained).resolve() if args.pretrained else pretrain_once(out, args.pretrain_args)
     if not any(o.startswith("data.seq_len=") for o in args.finetune_overrides):
         max_len = pretrained_max_len(pretrained)
         if max_len is not None and max_len < 128:  # data=files defaults to 128 tokens
@@ -489,23 +514,8 @@ def main(argv: list[str] | None = None) -> dict:
         for variant in args.variants:
             files, chosen = data[name]["files"], grid[0]
             if tried:  # seeds 0..K-1 of every combination; the best on validation goes on to the other seeds
-                trials = []
-                for selected in grid:
-                    trials.append([])
-                    for seed in range(tried):
-                        step = f"[{len(runs) + 1}/{total}] {name} {variant} seed {seed}"
-                        print(f"{step} {' '.join(selected)}", flush=True)
-                        trials[-1].append(finetune(name, variant, seed, files, pretrained, out, args, selected))
-                        runs.append(trials[-1][-1])
-                metric = args.select_metric
-                scores = [statistics.mean(r.get("metrics", {}).get(metric, float("-inf")) for r in t) for t in trials]
-                best = max(range(len(grid)), key=scores.__getitem__)
-                chosen = grid[best]
-                for i, trial in enumerate(trials):
-                    for run in trial:
-                        run["not_chosen"] = i != best
-                selections.setdefault(name, {})[variant] = {"chosen": chosen, metric: scores, "seeds": tried}
-                print(f"  {name} {variant}: {' '.join(chosen)} chosen ({metric} {scores[best]:.4f})")
+                selection = select_on_validation(name, variant, grid, files, pretrained, out, args, runs, total)
+                selections.setdefault(name, {})[variant], chosen = selection, selection["chosen"]
             for seed in range(tried, args.seeds):
                 print(f"[{len(runs) + 1}/{total}] {name} {variant} seed {seed}", flush=True)
                 runs.append(finetune(name, variant, seed, files, pretrained, out, args, chosen))
