@@ -293,7 +293,7 @@ class Classification(Task):
             shared = {id(p) for p in model.parameters()}
             plan.head += [p for p in auxiliary.head.parameters() if id(p) not in shared]  # trained at the head's lr
             start = "a new MLM head" if scratch else "the pretrained MLM head"
-            log.info(f"auxiliary masked LM: {start} × finetune.mlm_weight={mlm_weight(cfg)} joins the task loss")
+            log.info("auxiliary masked LM: %s × finetune.mlm_weight=%s joins the task loss", start, mlm_weight(cfg))
         record = ModelRecord(
             "classification",
             config.to_dict(),
