@@ -130,7 +130,6 @@ def warm_python(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     _warm = None
 
 
-# A callback module for ``+callbacks.extra.probe._target_=denormal_probe.DenormalProbe``: writes flushed.txt.
 DENORMAL_PROBE = """
 from pathlib import Path
 
@@ -142,8 +141,21 @@ class DenormalProbe(L.Callback):  # records whether the training loop's arithmet
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0:
             flushed = bool(torch.tensor([1e-39]) * 1.0 == 0)
-            Path("flushed.txt").write_text(str(flushed))
+            Path(f"flushed-rank{trainer.global_rank}.txt").write_text(str(flushed))
 """
+
+
+def denormal_probe(run_cwd: Path) -> str:
+    """Writes a probe callback module into ``run_cwd`` (the CLI's working directory) and returns the override that
+    adds it: each process then writes ``flushed-rankR.txt``, whether its training loop flushes subnormal floats."""
+    (run_cwd / "denormal_probe.py").write_text(DENORMAL_PROBE)
+    return "+callbacks.extra.probe._target_=denormal_probe.DenormalProbe"
+
+
+def flushed(run_cwd: Path) -> dict[int, bool]:
+    """What each process's probe recorded, by rank."""
+    files = run_cwd.glob("flushed-rank*.txt")
+    return {int(path.stem.removeprefix("flushed-rank")): path.read_text() == "True" for path in files}
 
 
 FRESH_PROCESS_ARGS = ("trainer=ddp", "trainer=fsdp")  # launchers that re-execute the command line: the real thing

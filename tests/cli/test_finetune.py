@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import attnfit
 from attnfit.pretrained import build_model, load_artifact
-from tests.conftest import DENORMAL_PROBE, TINY
+from tests.conftest import TINY, denormal_probe, flushed
 
 # Fine-tuning knobs for speed; the pretrained model fixes width and depth.
 FT = [
@@ -220,11 +220,8 @@ def test_missing_pretrained_and_bad_split_are_explained(run_cli, tmp_path, pretr
 
 def test_domain_adaptation_continues_pretraining_on_the_task_text_then_fine_tunes(run_cli, tmp_path, pretrained):
     run_dir = tmp_path / "adapted"
-    (tmp_path / "denormal_probe.py").write_text(DENORMAL_PROBE)
-    probe = "+callbacks.extra.probe._target_=denormal_probe.DenormalProbe"
-    proc = run_cli(
-        "finetune", f"pretrained={pretrained}", *FT, "finetune.adapt_steps=3", probe, f"hydra.run.dir={run_dir}"
-    )
+    args = [*FT, "finetune.adapt_steps=3", denormal_probe(tmp_path), f"hydra.run.dir={run_dir}"]
+    proc = run_cli("finetune", f"pretrained={pretrained}", *args)
     adapt = run_dir / "adapt"
     assert "domain adaptation done" in proc.stdout + proc.stderr
     corpus = (adapt / "train.txt").read_text().splitlines()
@@ -240,7 +237,7 @@ def test_domain_adaptation_continues_pretraining_on_the_task_text_then_fine_tune
     key = "backbone.encoder.stack.layers.0.ffn.0.weight"
     assert not torch.equal(adapted.state_dict[key], source.state_dict[key])  # three MLM steps moved it
     assert tuned.task == "classification"
-    assert (tmp_path / "flushed.txt").read_text() == "True"  # fine-tuning flushes, though the adaptation run ended
+    assert flushed(tmp_path) == {0: True}  # fine-tuning flushes, though the adaptation run ended
 
 
 def test_domain_adaptation_and_auxiliary_mlm_need_a_pretrained_language_model(run_cli, tmp_path, pretrained):

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import DENORMAL_PROBE, TINY
+from tests.conftest import TINY, denormal_probe, flushed
 
 
 def test_flush_denormal_zeroes_subnormal_floats_in_every_thread_from_setup_to_teardown():
@@ -38,19 +38,16 @@ def test_flush_denormal_zeroes_subnormal_floats_in_every_thread_from_setup_to_te
 
 @pytest.mark.parametrize("flush", [True, False])
 def test_the_run_wires_flush_denormal_into_training(run_cli, tmp_path, flush):
-    (tmp_path / "denormal_probe.py").write_text(DENORMAL_PROBE)
-    args = [*TINY, "trainer.max_steps=1", "+callbacks.extra.probe._target_=denormal_probe.DenormalProbe"]
+    args = [*TINY, "trainer.max_steps=1", denormal_probe(tmp_path)]
     run_cli("train", *args, f"flush_denormal={flush}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert (tmp_path / "flushed.txt").read_text() == str(flush)
+    assert flushed(tmp_path) == {0: flush}
 
 
 def test_flush_denormal_reaches_ddp_spawn_workers(run_cli, tmp_path):
     # Spawned processes start with PyTorch's default mode: the run must set it inside each worker.
-    (tmp_path / "denormal_probe.py").write_text(DENORMAL_PROBE)
-    args = [*TINY, "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "trainer.max_steps=1"]
-    probe = "+callbacks.extra.probe._target_=denormal_probe.DenormalProbe"
-    run_cli("train", *args, probe, f"hydra.run.dir={tmp_path / 'run'}")
-    assert (tmp_path / "flushed.txt").read_text() == "True"
+    args = [*TINY, "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "trainer.max_steps=1", denormal_probe(tmp_path)]
+    run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert flushed(tmp_path) == {0: True, 1: True}  # both workers
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
