@@ -59,6 +59,12 @@ def check_choice(what: str, value: object, choices: Iterable[str], cls: type[Att
         raise choice_error(what, value, choices, cls)
 
 
+def check_fraction(what: str, value: float) -> None:
+    """ConfigError unless ``0 ≤ value < 1`` (a dropout rate, a label-smoothing weight)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{what}={value} must be in [0, 1)")
+
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the errnos of a write that found no space
 
 

@@ -47,6 +47,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "finetune.lora.enabled": (bool,),
     "finetune.adapt_steps": (int,),
     "task.class_weights": (bool,),
+    "task.label_smoothing": (int, float),
     "task.head_bias": (bool,),
     "task.joint_tokenizer": (bool,),
     "task.tie_output": (bool,),

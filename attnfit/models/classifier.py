@@ -12,9 +12,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from attnfit.errors import check_choice
+from attnfit.errors import check_choice, check_fraction
 from attnfit.models.attention import AttentionPooling
-from attnfit.models.config import ModelConfig, _at_least, _probability, from_dict
+from attnfit.models.config import ModelConfig, _at_least, from_dict
 from attnfit.models.language_model import Backbone, init_weights
 
 POOLINGS = ("attention", "cls", "mean", "max", "last", "pooler")
@@ -30,7 +30,7 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         _at_least("classifier.num_labels", self.num_labels, 2)
         check_choice("classifier.pooling", self.pooling, POOLINGS)
-        _probability("classifier.dropout", self.dropout)
+        check_fraction("classifier.dropout", self.dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

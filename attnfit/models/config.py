@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from attnfit.errors import ConfigError, check_choice
+from attnfit.errors import ConfigError, check_choice, check_fraction
 from attnfit.models.attention import ATTENTION_TYPES, SCORES
 
 ENCODERS = ("lstm", "gru", "cnn", "transformer")
@@ -42,7 +42,7 @@ class AttentionConfig:
             )
         _at_least("attention.num_heads", self.num_heads, 1)
         _at_least("attention.window", self.window, 1)
-        _probability("attention.dropout", self.dropout)
+        check_fraction("attention.dropout", self.dropout)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class EncoderConfig:
         _at_least("encoder.kernel_size", self.kernel_size, 1)
         _at_least("encoder.attention_layers", self.attention_layers, 0)
         _at_least("encoder.ffn_mult", self.ffn_mult, 1)
-        _probability("encoder.dropout", self.dropout)
+        check_fraction("encoder.dropout", self.dropout)
 
 
 @dataclass
@@ -183,8 +183,3 @@ def _check_type(name: str, value: Any, kind: Any) -> Any:
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{name}={value} must be ≥ {low}")
-
-
-def _probability(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name}={value} must be in [0, 1)")

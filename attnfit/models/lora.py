@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from attnfit.errors import ConfigError
+from attnfit.errors import ConfigError, check_fraction
 from attnfit.models.attention import MultiHeadAttention
 from attnfit.models.encoders import FeedForward
 
@@ -135,5 +135,4 @@ def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
 def _check_hyperparameters(r: int, dropout: float) -> None:
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ConfigError(f"lora.r={r!r} must be an integer ≥ 1 (the rank of the update; 4-16 is usual)")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"lora.dropout={dropout} must be in [0, 1)")
+    check_fraction("lora.dropout", dropout)

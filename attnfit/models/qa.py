@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from attnfit.errors import check_choice
+from attnfit.errors import check_choice, check_fraction
 from attnfit.models.attention.base import masked_softmax
-from attnfit.models.config import ModelConfig, _at_least, _probability, from_dict
+from attnfit.models.config import ModelConfig, _at_least, from_dict
 from attnfit.models.language_model import Backbone, init_weights
 
 INTERACTIONS = ("concat", "bidaf")
@@ -39,7 +39,7 @@ class QAConfig:
 
     def __post_init__(self) -> None:
         check_choice("task.interaction", self.interaction, INTERACTIONS)
-        _probability("task.dropout", self.dropout)
+        check_fraction("task.dropout", self.dropout)
         _at_least("task.modeling_layers", self.modeling_layers, 1)
 
     def to_dict(self) -> dict[str, Any]:

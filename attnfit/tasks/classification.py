@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from attnfit.errors import CheckpointError, ConfigError, check_choice
+from attnfit.errors import CheckpointError, ConfigError, check_choice, check_fraction
 from attnfit.options import container, input_length, run_config
 from attnfit.pretrained import Artifact, ModelRecord, merged_state_dict
 from attnfit.tasks import get_task
@@ -206,6 +206,7 @@ class Classification(Task):
         if not continues:
             raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; fine-tune a language model instead")
         check_backbone(cfg, pretrained, int(cfg.data.seq_len))
+        check_fraction("task.label_smoothing", float(cfg.task.get("label_smoothing") or 0.0))
         check_finetune_options(cfg, auxiliary_mlm=True)
         check_auxiliary_mlm(cfg, pretrained)
 
@@ -306,7 +307,13 @@ class Classification(Task):
         )
         optimization = finetune_optimization(cfg, plan, total_steps)
         return ClassificationModule(
-            model, record, optimization, prepared.extra["class_weights"], auxiliary, mlm_weight(cfg)
+            model,
+            record,
+            optimization,
+            prepared.extra["class_weights"],
+            auxiliary,
+            mlm_weight(cfg),
+            label_smoothing=float(cfg.task.get("label_smoothing") or 0.0),
         )
 
     def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:

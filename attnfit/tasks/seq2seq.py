@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from attnfit.errors import ConfigError, check_choice
+from attnfit.errors import ConfigError, check_choice, check_fraction
 from attnfit.options import container, input_length, run_config
 from attnfit.pretrained import Artifact, ModelRecord
 from attnfit.tasks.base import Prepared, Task, datamodule_for
@@ -83,8 +83,7 @@ class Seq2Seq(Task):
                 raise ConfigError(
                     f"data.{key}={cfg.data.get(key)} must be ≥ 1 for task=seq2seq (is data= a seq2seq source?)"
                 )
-        if not 0.0 <= float(cfg.task.label_smoothing) < 1.0:
-            raise ConfigError(f"task.label_smoothing={cfg.task.label_smoothing} must be in [0, 1)")
+        check_fraction("task.label_smoothing", float(cfg.task.label_smoothing))
         if int(cfg.task.decode.beam_size) < 1:
             raise ConfigError(f"task.decode.beam_size={cfg.task.decode.beam_size} must be ≥ 1")
         vocab = int(encoder["vocab_size"]) if encoder else 64

@@ -22,7 +22,8 @@ class ClassificationModule(TaskModule):
     Fine-tuning surgery (LoRA, freezing, layer-wise LR, gradual unfreezing) is applied to the model before it
     gets here (:func:`attnfit.models.prepare_for_finetuning`). ``auxiliary``: a masked LM sharing the model's
     backbone (:func:`attnfit.models.auxiliary_mlm`), whose loss on the batch's masked copy joins the training loss
-    times ``mlm_weight``; it is not part of the saved model."""
+    times ``mlm_weight``; it is not part of the saved model. ``label_smoothing`` softens the training loss's
+    targets only: ``val/loss`` and ``test/loss`` stay plain cross-entropy, so runs that differ in it compare."""
 
     model: SequenceClassifier
 
@@ -34,9 +35,10 @@ class ClassificationModule(TaskModule):
         class_weights: list[float] | None = None,
         auxiliary: LanguageModel | None = None,
         mlm_weight: float = 0.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(model, record, optimization)
-        self.auxiliary, self.mlm_weight = auxiliary, mlm_weight
+        self.auxiliary, self.mlm_weight, self.label_smoothing = auxiliary, mlm_weight, label_smoothing
         self.label_names = list(record.label_names or [])
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -52,12 +54,13 @@ class ClassificationModule(TaskModule):
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-    def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def _loss(self, batch: dict[str, Any], label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
         logits = self(batch["input_ids"], batch["padding_mask"])
-        return F.cross_entropy(logits.float(), batch["labels"], weight=self.class_weights), logits
+        loss = F.cross_entropy(logits.float(), batch["labels"], self.class_weights, label_smoothing=label_smoothing)
+        return loss, logits
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, logits = self._loss(batch)
+        loss, logits = self._loss(batch, self.label_smoothing)
         self.log("train/loss", loss)
         self.log("loss", loss, prog_bar=True, logger=False)
         self.log("train/acc", (logits.argmax(-1) == batch["labels"]).float().mean())

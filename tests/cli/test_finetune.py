@@ -253,6 +253,16 @@ def test_domain_adaptation_and_auxiliary_mlm_need_a_pretrained_language_model(ru
     assert proc.returncode == 2 and "finetune.mlm_weight=-1 must be ≥ 0" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "value, message",
+    [("1.0", "task.label_smoothing=1.0 must be in [0, 1)"), ("x", "task.label_smoothing must be int or float")],
+)
+def test_bad_label_smoothing_is_one_line(run_cli, pretrained, value, message):
+    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, f"task.label_smoothing={value}", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: {message}"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_auxiliary_mlm_trains_with_the_task_and_leaves_a_plain_classifier(run_cli, tmp_path, pretrained):
     run_dir = tmp_path / "aux"
     run_cli("finetune", f"pretrained={pretrained}", *FT, "finetune.mlm_weight=0.5", f"hydra.run.dir={run_dir}")

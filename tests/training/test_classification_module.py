@@ -1,4 +1,4 @@
-"""Fine-tuning controls of ClassificationModule: layer-wise LR, gradual unfreezing, class weights."""
+"""Fine-tuning controls of ClassificationModule: layer-wise LR, gradual unfreezing, class weights, label smoothing."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ OPT = {"name": "adamw", "lr": 1e-2, "weight_decay": 0.0}
 SCHED = {"name": "constant", "warmup_steps": 0}
 
 
-def module(class_weights: list[float] | None = None, mlm_weight: float = 0.0, **finetune) -> ClassificationModule:
+def module(
+    class_weights: list[float] | None = None, mlm_weight: float = 0.0, label_smoothing: float = 0.0, **finetune
+) -> ClassificationModule:
     """A classifier prepared for fine-tuning as attnfit.tasks.classification does it."""
     model = SequenceClassifier(ModelConfig.from_dict(MODEL), ClassifierConfig.from_dict(CLASSIFIER))
     plan = prepare_for_finetuning(model, finetune)
@@ -46,7 +48,7 @@ def module(class_weights: list[float] | None = None, mlm_weight: float = 0.0, **
         plan.head += [p for p in auxiliary.head.parameters() if id(p) not in shared]
     optimization = Optimization(OPT, SCHED, 10, plan.layers, plan.head, plan.layer_lr_decay, plan.head_lr)
     record = ModelRecord("classification", MODEL, "", head_config=CLASSIFIER, label_names=["no", "yes"])
-    return ClassificationModule(model, record, optimization, class_weights, auxiliary, mlm_weight)
+    return ClassificationModule(model, record, optimization, class_weights, auxiliary, mlm_weight, label_smoothing)
 
 
 def batches(n: int = 8) -> DataLoader:
@@ -111,6 +113,23 @@ def test_class_weights_reach_the_loss():
     expected = F.cross_entropy(logits, batch["labels"], weight=torch.tensor([0.25, 4.0]))
     torch.testing.assert_close(loss, expected)
     assert not torch.allclose(loss, F.cross_entropy(logits, batch["labels"]))
+
+
+def test_label_smoothing_softens_the_training_targets_only_and_matches_a_float64_sum():
+    m = module(class_weights=[0.25, 4.0], label_smoothing=0.3).eval()  # eval: no dropout between the two passes
+    batch = next(iter(batches()))
+    logits = m(batch["input_ids"], batch["padding_mask"]).double()
+    log_p, labels, weights = logits.log_softmax(-1), batch["labels"].tolist(), [0.25, 4.0]
+    # Target 1 - ε on the label plus ε/C on every class; each example counts by its label's weight.
+    total = sum(
+        0.7 * weights[y] * -log_p[i, y] + 0.3 / 2 * sum(weights[c] * -log_p[i, c] for c in range(2))
+        for i, y in enumerate(labels)
+    )
+    expected = total / sum(weights[y] for y in labels)
+    torch.testing.assert_close(m.training_step(batch, 0).double(), expected)
+    plain = F.cross_entropy(logits, batch["labels"], weight=torch.tensor(weights, dtype=torch.float64))
+    assert not torch.allclose(expected, plain)
+    torch.testing.assert_close(m._loss(batch)[0].double(), plain)  # what validation and test log
 
 
 def with_masked_copy(batch: dict) -> dict:

@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnfit.errors import ConfigError, check_choice
+from attnfit.errors import ConfigError, check_choice, check_fraction
 from attnfit.models.attention import CROSS_ATTENTION_TYPES, LOCAL_MODES, SCORES
-from attnfit.models.config import ModelConfig, _at_least, _probability, from_dict
+from attnfit.models.config import ModelConfig, _at_least, from_dict
 
 DECODERS = ("lstm", "gru", "transformer")
 
@@ -31,7 +31,7 @@ class DecoderConfig:
         _at_least("decoder.num_layers", self.num_layers, 1)
         _at_least("decoder.num_heads", self.num_heads, 1)
         _at_least("decoder.ffn_mult", self.ffn_mult, 1)
-        _probability("decoder.dropout", self.dropout)
+        check_fraction("decoder.dropout", self.dropout)
 
 
 @dataclass
