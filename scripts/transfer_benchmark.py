@@ -52,6 +52,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 # Kim (2014), "Convolutional Neural Networks for Sentence Classification", test accuracy in %.
@@ -244,20 +245,25 @@ def run_tag(overrides: list[str]) -> str:
     return "".join("-" + re.sub(r"[^A-Za-z0-9.+_-]", "_", part) for part in parts)
 
 
-def finetune(
-    name: str,
-    variant: str,
-    seed: int,
-    files: dict[str, str],
-    pretrained: Path,
-    out: Path,
-    args: argparse.Namespace,
-    selected: list[str] = (),
-) -> dict:
-    run_dir = out / "runs" / name / f"{variant}{run_tag(list(selected))}-seed{seed}"
+@dataclass(frozen=True)
+class Job:
+    """One set and variant: its split files, the pretrained run, the benchmark's directory and options."""
+
+    name: str
+    variant: str
+    files: dict[str, str]
+    pretrained: Path
+    out: Path
+    args: argparse.Namespace
+
+
+def finetune(job: Job, seed: int, selected: list[str] = ()) -> dict:
+    """Fine-tunes one seed of ``job`` with the ``selected`` overrides, or reads the finished run back."""
+    name, variant, files, args = job.name, job.variant, job.files, job.args
+    run_dir = job.out / "runs" / name / f"{variant}{run_tag(list(selected))}-seed{seed}"
     metrics_file, record_file = run_dir / "metrics.json", run_dir / "transfer_benchmark.json"
     overrides = [
-        f"pretrained={pretrained}",
+        f"pretrained={job.pretrained}",
         "data=files",
         f"data.train={files['train']}",
         f"data.validation={files['validation']}",
@@ -457,17 +463,15 @@ def pretrain_once(out: Path, pretrain_args: str) -> Path:
     return pretrained
 
 
-def select_on_validation(
-    name: str, variant: str, grid: list[list[str]], files: dict, pretrained: Path, out: Path,
-    args: argparse.Namespace, runs: list[dict], total: int,
-) -> dict:  # fmt: skip
+def select_on_validation(job: Job, grid: list[list[str]], runs: list[dict], total: int) -> dict:
     """Fine-tunes seeds 0..K-1 (``--select-seeds``) of every combination in ``grid``, appending the runs to
     ``runs``; returns the choice: the combination with the best mean ``--select-metric``, and every mean."""
+    name, variant, args = job.name, job.variant, job.args
     trials: list[list[dict]] = [[] for _ in grid]
     for selected, trial in zip(grid, trials, strict=True):
         for seed in range(args.select_seeds):
             print(f"[{len(runs) + 1}/{total}] {name} {variant} seed {seed} {' '.join(selected)}", flush=True)
-            trial.append(finetune(name, variant, seed, files, pretrained, out, args, selected))
+            trial.append(finetune(job, seed, selected))
             runs.append(trial[-1])
     metric = args.select_metric
     scores = [statistics.mean(r.get("metrics", {}).get(metric, float("-inf")) for r in trial) for trial in trials]
@@ -512,13 +516,13 @@ def main(argv: list[str] | None = None) -> dict:
     total = len(args.sets) * len(args.variants) * (args.seeds + tried * (len(grid) - 1))
     for name in args.sets:
         for variant in args.variants:
-            files, chosen = data[name]["files"], grid[0]
+            job, chosen = Job(name, variant, data[name]["files"], pretrained, out, args), grid[0]
             if tried:  # seeds 0..K-1 of every combination; the best on validation goes on to the other seeds
-                selection = select_on_validation(name, variant, grid, files, pretrained, out, args, runs, total)
+                selection = select_on_validation(job, grid, runs, total)
                 selections.setdefault(name, {})[variant], chosen = selection, selection["chosen"]
             for seed in range(tried, args.seeds):
                 print(f"[{len(runs) + 1}/{total}] {name} {variant} seed {seed}", flush=True)
-                runs.append(finetune(name, variant, seed, files, pretrained, out, args, chosen))
+                runs.append(finetune(job, seed, chosen))
 
     summary = summarise(runs, args.sets, args.variants, args.seeds)
     print_table(summary, args.variants)

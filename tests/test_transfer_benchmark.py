@@ -160,7 +160,8 @@ def test_select_tunes_each_variant_on_validation_only(tb, toy_data, tmp_path, mo
     # test accuracy would prefer the other; the table must follow validation and ignore the losing trials.
     calls = []
 
-    def fake(name, variant, seed, files, pretrained, out, args, selected=()):
+    def fake(job, seed, selected=()):
+        name, variant = job.name, job.variant
         calls.append((variant, seed, tuple(selected)))
         lr = selected[0].split("=")[1]
         good = (lr == "3e-3") == (variant == "scratch")
@@ -190,7 +191,8 @@ def test_select_seeds_chooses_on_the_mean_over_the_first_seeds(tb, toy_data, tmp
     val_f1 = {("1e-3", 0): 0.80, ("3e-3", 0): 0.78, ("1e-3", 1): 0.70, ("3e-3", 1): 0.90}
     calls = []
 
-    def fake(name, variant, seed, files, pretrained, out, args, selected=()):
+    def fake(job, seed, selected=()):
+        name, variant = job.name, job.variant
         calls.append((seed, tuple(selected)))
         lr = selected[0].split("=")[1]
         metrics = {"val/f1": val_f1.get((lr, seed), 0.0), "test/acc": 0.5 + seed / 100}
