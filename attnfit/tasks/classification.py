@@ -101,6 +101,11 @@ def mlm_weight(cfg: DictConfig) -> float:
     return float((cfg.get("finetune") or {}).get("mlm_weight") or 0.0)
 
 
+def label_smoothing(cfg: DictConfig) -> float:
+    """``task.label_smoothing``: the share of the training target spread over all labels (0: plain cross-entropy)."""
+    return float(cfg.task.get("label_smoothing") or 0.0)
+
+
 def check_auxiliary_mlm(cfg: DictConfig, pretrained: Artifact | None) -> None:
     """An auxiliary masked-LM loss continues a masked LM's head; other models have none to continue."""
     finetune = cfg.get("finetune") or {}
@@ -206,7 +211,7 @@ class Classification(Task):
         if not continues:
             raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; fine-tune a language model instead")
         check_backbone(cfg, pretrained, int(cfg.data.seq_len))
-        check_fraction("task.label_smoothing", float(cfg.task.get("label_smoothing") or 0.0))
+        check_fraction("task.label_smoothing", label_smoothing(cfg))
         check_finetune_options(cfg, auxiliary_mlm=True)
         check_auxiliary_mlm(cfg, pretrained)
 
@@ -313,7 +318,7 @@ class Classification(Task):
             prepared.extra["class_weights"],
             auxiliary,
             mlm_weight(cfg),
-            label_smoothing=float(cfg.task.get("label_smoothing") or 0.0),
+            label_smoothing=label_smoothing(cfg),
         )
 
     def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:

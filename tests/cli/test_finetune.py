@@ -253,6 +253,18 @@ def test_domain_adaptation_and_auxiliary_mlm_need_a_pretrained_language_model(ru
     assert proc.returncode == 2 and "finetune.mlm_weight=-1 must be ≥ 0" in proc.stderr
 
 
+def test_label_smoothing_reaches_the_training_loss(run_cli, tmp_path, pretrained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first_loss = {}
+    for smoothing in (0.0, 0.3):  # the same seed, weights and first batch: only the targets differ
+        run_dir = tmp_path / f"ls{smoothing}"
+        run_cli("finetune", f"pretrained={pretrained}", *FT, "trainer.max_steps=1", f"task.label_smoothing={smoothing}",
+                f"hydra.run.dir={run_dir}")  # fmt: skip
+        first_loss[smoothing] = EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("train/loss")[0].value
+    assert first_loss[0.3] != pytest.approx(first_loss[0.0], rel=1e-4), first_loss
+
+
 @pytest.mark.parametrize(
     "value, message",
     [("1.0", "task.label_smoothing=1.0 must be in [0, 1)"), ("x", "task.label_smoothing must be int or float")],
