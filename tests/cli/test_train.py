@@ -85,9 +85,10 @@ def test_train_writes_a_complete_run_directory(run_cli, tmp_path, task):
 
 
 def test_a_time_budgeted_schedule_decays_to_its_floor_within_the_time_limit(run_cli, tmp_path):
-    """Far more steps planned than 3 seconds allow: the cosine still reaches min_lr_ratio as the limit stops it."""
+    """Far more steps planned than 5 seconds allow: the cosine still reaches min_lr_ratio as the limit stops it.
+    (5 s, not less: the last logged rate must fall in the final ~10% of the clock on a slow machine too.)"""
     run_cli(
-        "train", *TINY, "trainer.max_steps=100000", "+trainer.max_time=00:00:00:03", "trainer.val_check_interval=50",
+        "train", *TINY, "trainer.max_steps=100000", "+trainer.max_time=00:00:00:05", "trainer.val_check_interval=50",
         "scheduler.budget=time", "scheduler.min_lr_ratio=0.1", "optimizer.lr=1e-3", f"hydra.run.dir={tmp_path}/run",
     )  # fmt: skip
     lrs = next(values for tag, values in scalars(tmp_path / "run").items() if tag.startswith("lr"))
