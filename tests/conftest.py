@@ -158,6 +158,15 @@ def flushed(run_cwd: Path) -> dict[int, bool]:
     return {int(path.stem.removeprefix("flushed-rank")): path.read_text() == "True" for path in files}
 
 
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """A run's TensorBoard scalars: tag -> [(step, value), …]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 FRESH_PROCESS_ARGS = ("trainer=ddp", "trainer=fsdp")  # launchers that re-execute the command line: the real thing
 
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import attnfit
 from attnfit.pretrained import build_model, load_artifact
-from tests.conftest import TINY, denormal_probe, flushed
+from tests.conftest import TINY, denormal_probe, flushed, scalars
 
 # Fine-tuning knobs for speed; the pretrained model fixes width and depth.
 FT = [
@@ -254,14 +254,12 @@ def test_domain_adaptation_and_auxiliary_mlm_need_a_pretrained_language_model(ru
 
 
 def test_label_smoothing_reaches_the_training_loss(run_cli, tmp_path, pretrained):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     first_loss = {}
     for smoothing in (0.0, 0.3):  # the same seed, weights and first batch: only the targets differ
         run_dir = tmp_path / f"ls{smoothing}"
         run_cli("finetune", f"pretrained={pretrained}", *FT, "trainer.max_steps=1", f"task.label_smoothing={smoothing}",
                 f"hydra.run.dir={run_dir}")  # fmt: skip
-        first_loss[smoothing] = EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("train/loss")[0].value
+        first_loss[smoothing] = scalars(run_dir)["train/loss"][0][1]
     assert first_loss[0.3] != pytest.approx(first_loss[0.0], rel=1e-4), first_loss
 
 
@@ -281,10 +279,7 @@ def test_auxiliary_mlm_trains_with_the_task_and_leaves_a_plain_classifier(run_cl
     tuned = load_artifact(run_dir)
     assert not any(key.startswith("auxiliary") for key in tuned.state_dict)
     build_model(tuned)  # the saved classifier loads as any other: no auxiliary tensors missing or left over
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
-    masked = [event.value for event in events.Scalars("train/mlm_loss")]
+    masked = [value for _, value in scalars(run_dir)["train/mlm_loss"]]
     assert len(masked) == 8 and all(0 < value < 20 for value in masked)  # logged at every step
     proc = run_cli("finetune", f"pretrained={pretrained}", *FT, "finetune.mlm_weight=0.5",
                    "finetune.mlm_masking=words", check=False)  # fmt: skip

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, denormal_probe, flushed
+from tests.conftest import TINY, denormal_probe, flushed, scalars
 
 
 def test_flush_denormal_zeroes_subnormal_floats_in_every_thread_from_setup_to_teardown():
@@ -48,12 +47,6 @@ def test_flush_denormal_reaches_ddp_spawn_workers(run_cli, tmp_path):
     args = [*TINY, "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "trainer.max_steps=1", denormal_probe(tmp_path)]
     run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert flushed(tmp_path) == {0: True, 1: True}  # both workers
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 @pytest.mark.parametrize("task", ["mlm", "clm"])
