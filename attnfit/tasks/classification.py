@@ -280,7 +280,7 @@ class Classification(Task):
 
     def build_module(self, cfg: DictConfig, prepared: Prepared, total_steps: int, pretrained: Artifact | None) -> Any:
         from attnfit.models import ClassifierConfig, ModelConfig, SequenceClassifier, auxiliary_mlm
-        from attnfit.training.classification_module import ClassificationModule
+        from attnfit.training.classification_module import ClassificationLoss, ClassificationModule
 
         label_names = prepared.extra["label_names"]
         config = ModelConfig.from_dict(backbone_config(cfg, prepared.tokenizer, pretrained))
@@ -311,15 +311,8 @@ class Classification(Task):
             hf=pretrained.record.hf if pretrained is not None else None,
         )
         optimization = finetune_optimization(cfg, plan, total_steps)
-        return ClassificationModule(
-            model,
-            record,
-            optimization,
-            prepared.extra["class_weights"],
-            auxiliary,
-            mlm_weight(cfg),
-            label_smoothing=label_smoothing(cfg),
-        )
+        loss = ClassificationLoss(prepared.extra["class_weights"], label_smoothing(cfg), mlm_weight(cfg))
+        return ClassificationModule(model, record, optimization, loss, auxiliary)
 
     def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:
         from attnfit.training.callbacks import AttentionHeatmaps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,14 +17,24 @@ from attnfit.pretrained import ModelRecord
 from attnfit.training.module import Optimization, TaskModule
 
 
+@dataclass
+class ClassificationLoss:
+    """The loss settings: ``class_weights`` weigh every split's cross-entropy; ``label_smoothing`` softens the
+    training targets only (``val/loss`` and ``test/loss`` stay plain, so runs that differ in it compare);
+    ``mlm_weight`` scales the auxiliary masked-LM loss that joins the training loss."""
+
+    class_weights: list[float] | None = None
+    label_smoothing: float = 0.0
+    mlm_weight: float = 0.0
+
+
 class ClassificationModule(TaskModule):
-    """Cross-entropy (optionally class-weighted) on a :class:`SequenceClassifier`; accuracy and macro-F1.
+    """Cross-entropy (see :class:`ClassificationLoss`) on a :class:`SequenceClassifier`; accuracy and macro-F1.
 
     Fine-tuning surgery (LoRA, freezing, layer-wise LR, gradual unfreezing) is applied to the model before it
     gets here (:func:`attnfit.models.prepare_for_finetuning`). ``auxiliary``: a masked LM sharing the model's
     backbone (:func:`attnfit.models.auxiliary_mlm`), whose loss on the batch's masked copy joins the training loss
-    times ``mlm_weight``; it is not part of the saved model. ``label_smoothing`` softens the training loss's
-    targets only: ``val/loss`` and ``test/loss`` stay plain cross-entropy, so runs that differ in it compare."""
+    times ``loss.mlm_weight``; it is not part of the saved model."""
 
     model: SequenceClassifier
 
@@ -32,15 +43,14 @@ class ClassificationModule(TaskModule):
         model: SequenceClassifier,
         record: ModelRecord,
         optimization: Optimization | None = None,
-        class_weights: list[float] | None = None,
+        loss: ClassificationLoss | None = None,
         auxiliary: LanguageModel | None = None,
-        mlm_weight: float = 0.0,
-        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(model, record, optimization)
-        self.auxiliary, self.mlm_weight, self.label_smoothing = auxiliary, mlm_weight, label_smoothing
+        loss = loss or ClassificationLoss()
+        self.auxiliary, self.mlm_weight, self.label_smoothing = auxiliary, loss.mlm_weight, loss.label_smoothing
         self.label_names = list(record.label_names or [])
-        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        weights = torch.tensor(loss.class_weights, dtype=torch.float32) if loss.class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         num = len(self.label_names)
         metrics = MetricCollection(

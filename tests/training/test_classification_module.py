@@ -19,7 +19,7 @@ from attnfit.models import (
 from attnfit.models.finetuning import layer_groups
 from attnfit.pretrained import ModelRecord
 from attnfit.training.callbacks import GradualUnfreezing
-from attnfit.training.classification_module import ClassificationModule
+from attnfit.training.classification_module import ClassificationLoss, ClassificationModule
 from attnfit.training.module import Optimization
 
 MODEL = ModelConfig.from_dict(
@@ -48,7 +48,8 @@ def module(
         plan.head += [p for p in auxiliary.head.parameters() if id(p) not in shared]
     optimization = Optimization(OPT, SCHED, 10, plan.layers, plan.head, plan.layer_lr_decay, plan.head_lr)
     record = ModelRecord("classification", MODEL, "", head_config=CLASSIFIER, label_names=["no", "yes"])
-    return ClassificationModule(model, record, optimization, class_weights, auxiliary, mlm_weight, label_smoothing)
+    loss = ClassificationLoss(class_weights, label_smoothing, mlm_weight)
+    return ClassificationModule(model, record, optimization, loss, auxiliary)
 
 
 def batches(n: int = 8) -> DataLoader:
