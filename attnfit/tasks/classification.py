@@ -311,7 +311,11 @@ class Classification(Task):
             hf=pretrained.record.hf if pretrained is not None else None,
         )
         optimization = finetune_optimization(cfg, plan, total_steps)
-        loss = ClassificationLoss(prepared.extra["class_weights"], label_smoothing(cfg), mlm_weight(cfg))
+        loss = ClassificationLoss(
+            class_weights=prepared.extra["class_weights"],
+            label_smoothing=label_smoothing(cfg),
+            mlm_weight=mlm_weight(cfg),
+        )
         return ClassificationModule(model, record, optimization, loss, auxiliary)
 
     def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:

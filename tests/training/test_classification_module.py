@@ -48,7 +48,7 @@ def module(
         plan.head += [p for p in auxiliary.head.parameters() if id(p) not in shared]
     optimization = Optimization(OPT, SCHED, 10, plan.layers, plan.head, plan.layer_lr_decay, plan.head_lr)
     record = ModelRecord("classification", MODEL, "", head_config=CLASSIFIER, label_names=["no", "yes"])
-    loss = ClassificationLoss(class_weights, label_smoothing, mlm_weight)
+    loss = ClassificationLoss(class_weights=class_weights, label_smoothing=label_smoothing, mlm_weight=mlm_weight)
     return ClassificationModule(model, record, optimization, loss, auxiliary)
 
 
