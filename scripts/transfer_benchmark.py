@@ -7,6 +7,7 @@ several seeds, and print test accuracy (mean ± std) beside Kim's CNN figures.
     python scripts/transfer_benchmark.py --quick                       # a few minutes: smoke test of the pipeline
     python scripts/transfer_benchmark.py --pretrained RUN --seeds 3 --json transfer.json
     python scripts/transfer_benchmark.py --pretrain-args "experiment=wikitext2_mlm"   # pretrains first (hours)
+    python scripts/transfer_benchmark.py --pretrain-args "experiment=wikitext2_transfer" --pretrain-task-text
     python scripts/transfer_benchmark.py --pretrained RUN --variants pretrained,scratch,adapted --adapt-steps 300 \\
         trainer.max_steps=600 finetune.layer_lr_decay=0.8           # extra overrides go to every attnfit-finetune
     python scripts/transfer_benchmark.py --pretrained RUN --select optimizer.lr=3e-4,1e-3,3e-3   # lr per variant
@@ -35,6 +36,9 @@ it selects its best checkpoint by validation macro-F1 and scores the test split 
 seed 0 runs every value, the value with the best validation macro-F1 runs the other seeds, and only the chosen
 runs enter the table (so pretrained and from-scratch each get their own best learning rate, say).
 ``--select-seeds K`` chooses on the mean over seeds 0..K-1 instead, for a choice less at the mercy of one seed.
+``--pretrain-task-text`` (when the benchmark pretrains) adds the chosen sets' training sentences, without their labels,
+to the pretraining corpus (task-adaptive pretraining, Gururangan et al. 2020): ``OUT/data/task-text.txt``, listed in
+``data.train`` after the corpus of ``--pretrain-args``; no validation or test sentence is in it.
 A run whose metrics.json exists is not redone; a failed run is reported and marked, and the benchmark goes on.
 """
 
@@ -389,6 +393,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='attnfit-train overrides when pretraining here (default "experiment=wikitext2_mlm"; --quick: a short '
         "MLM on the embedded corpus)",
     )
+    parser.add_argument(
+        "--pretrain-task-text",
+        action="store_true",
+        help="pretraining here also reads the chosen sets' training sentences, unlabelled (task-adaptive "
+        "pretraining); the corpus must come from files (data=files)",
+    )
     parser.add_argument("--variants", default="pretrained,scratch", help="comma-separated: pretrained,scratch,adapted")
     parser.add_argument("--adapt-steps", type=int, default=200, help="finetune.adapt_steps of the adapted variant")
     parser.add_argument("--out", default=None, help="default outputs/transfer-benchmark (--quick: …-quick)")
@@ -435,6 +445,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--seeds must be ≥ 1")
     if not 1 <= args.select_seeds <= args.seeds:
         parser.error(f"--select-seeds must be between 1 and --seeds ({args.seeds}), got {args.select_seeds}")
+    if args.pretrain_task_text and args.pretrained:
+        parser.error("--pretrain-task-text changes the pretraining, which --pretrained skips")
     if args.pretrain_args is None:
         args.pretrain_args = QUICK_PRETRAIN if args.quick else "experiment=wikitext2_mlm"
     if args.out is None:
@@ -446,8 +458,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def pretrain_once(out: Path, pretrain_args: str) -> Path:
-    """``OUT/pretrained``: pretrained with ``attnfit-train PRETRAIN_ARGS`` unless a finished run is there already."""
+def task_text_override(pretrain_args: str, sets: list[str], out: Path) -> str:
+    """``data.train=[CORPUS…, OUT/data/task-text.txt]``: the pretraining corpus of ``pretrain_args`` and a file of
+    the training sentences of ``sets`` (written here, labels dropped)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from attnfit.atomic import atomic_write
+    from attnfit.cli import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        data = compose("train", overrides=shlex.split(pretrain_args)).data
+    if data.source != "files":
+        sys.exit(f"--pretrain-task-text needs a pretraining corpus from files (data=files), not {data.source}")
+    corpus = OmegaConf.to_container(data, resolve=True)["train"]
+    rows = (line for name in sets for line in (out / "data" / name / "train.tsv").read_text("utf-8").splitlines())
+    text = "".join(row.split("\t", 1)[1] + "\n" for row in rows)
+    path = out / "data" / "task-text.txt"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    files = [*([corpus] if isinstance(corpus, str) else corpus), str(path)]
+    quoted = ",".join("'" + f.replace("\\", "\\\\").replace("'", "\\'") + "'" for f in files)
+    return f"data.train=[{quoted}]"
+
+
+def pretrain_once(out: Path, pretrain_args: str, extra: tuple[str, ...] = ()) -> Path:
+    """``OUT/pretrained``: pretrained with ``attnfit-train PRETRAIN_ARGS EXTRA`` unless a finished run is there."""
     pretrained = out / "pretrained"
     if (pretrained / "metrics.json").exists():
         print(f"pretrained model: {pretrained} done already, not redone")
@@ -455,7 +492,7 @@ def pretrain_once(out: Path, pretrain_args: str) -> Path:
     if pretrained.exists():
         shutil.rmtree(pretrained)
     start = time.perf_counter()
-    overrides = [*shlex.split(pretrain_args), f"hydra.run.dir={pretrained}", "callbacks.progress_bar=none"]
+    overrides = [*shlex.split(pretrain_args), *extra, f"hydra.run.dir={pretrained}", "callbacks.progress_bar=none"]
     proc = cli("train", overrides, None)
     if proc.returncode != 0:
         sys.exit(f"pretraining failed:\n{proc.stderr[-3000:]}")
@@ -503,7 +540,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{f' ({dropped} empty lines dropped)' if dropped else ''}{used}"
         )
 
-    pretrained = Path(args.pretrained).resolve() if args.pretrained else pretrain_once(out, args.pretrain_args)
+    if args.pretrained:
+        pretrained = Path(args.pretrained).resolve()
+    else:
+        extra = (task_text_override(args.pretrain_args, args.sets, out),) if args.pretrain_task_text else ()
+        pretrained = pretrain_once(out, args.pretrain_args, extra)
     if not any(o.startswith("data.seq_len=") for o in args.finetune_overrides):
         max_len = pretrained_max_len(pretrained)
         if max_len is not None and max_len < 128:  # data=files defaults to 128 tokens

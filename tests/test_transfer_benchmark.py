@@ -221,6 +221,35 @@ def test_select_seeds_chooses_on_the_mean_over_the_first_seeds(tb, toy_data, tmp
     assert "--select-seeds must be between 1 and --seeds (3), got 4" in capsys.readouterr().err
 
 
+def test_pretrain_task_text_adds_the_training_sentences_only(tb, toy_data, tmp_path, monkeypatch, capsys):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from attnfit.cli import CONFIG_DIR
+
+    pretrained_with = []
+    monkeypatch.setattr(tb, "pretrain_once", lambda out, args, extra=(): pretrained_with.append(extra) or Path("/p"))
+    monkeypatch.setattr(tb, "finetune", lambda job, seed, selected=(): {"set": job.name, "variant": job.variant})
+    out = tmp_path / "it's here"  # a quote in the path: the override must still name it exactly
+    argv = [f"--data={toy_data}", "--sets=cr,mpqa", "--seeds=1", "--variants=pretrained", f"--out={out}"]
+    tb.main([*argv, "--pretrain-task-text", "--pretrain-args", "experiment=wikitext2_mlm data.train=/corpus/wiki.txt"])
+    (override,) = pretrained_with[0]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        data = compose("train", overrides=["experiment=wikitext2_mlm", override]).data
+    task_text = out / "data" / "task-text.txt"
+    assert list(data.train) == ["/corpus/wiki.txt", str(task_text)]
+    train = [text for name in ("cr", "mpqa") for _, text in _read_tsv(out / "data" / name / "train.tsv")]
+    assert task_text.read_text(encoding="utf-8").splitlines() == train  # no label, no held-out sentence
+    tb.main([*argv, "--pretrain-args", "experiment=wikitext2_mlm"])
+    assert pretrained_with[1] == ()  # without the flag the corpus stays as it is
+    with pytest.raises(SystemExit, match="needs a pretraining corpus from files"):
+        tb.main([*argv, "--pretrain-task-text", "--pretrain-args", "experiment=embedded_mlm"])
+    with pytest.raises(SystemExit):
+        tb.main([*argv, "--pretrain-task-text", "--pretrained=/nowhere"])
+    assert "--pretrain-task-text changes the pretraining, which --pretrained skips" in capsys.readouterr().err
+
+
 def test_benchmark_end_to_end_and_resumes(toy_data, pretrained, tmp_path, cache_dir):
     out, json_path = tmp_path / "bench", tmp_path / "result.json"
     env = {**os.environ, "ATTNFIT_CACHE_DIR": str(cache_dir), "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
