@@ -461,16 +461,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def task_text_override(pretrain_args: str, sets: list[str], out: Path) -> str:
     """``data.train=[CORPUS…, OUT/data/task-text.txt]``: the pretraining corpus of ``pretrain_args`` and a file of
     the training sentences of ``sets`` (written here, labels dropped)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from attnfit.atomic import atomic_write
-    from attnfit.cli import CONFIG_DIR
+    from attnfit.cli import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        data = compose("train", overrides=shlex.split(pretrain_args)).data
+    data = compose_config("train", shlex.split(pretrain_args)).data
     if data.source != "files":
         sys.exit(f"--pretrain-task-text needs a pretraining corpus from files (data=files), not {data.source}")
     corpus = OmegaConf.to_container(data, resolve=True)["train"]

@@ -222,10 +222,7 @@ def test_select_seeds_chooses_on_the_mean_over_the_first_seeds(tb, toy_data, tmp
 
 
 def test_pretrain_task_text_adds_the_training_sentences_only(tb, toy_data, tmp_path, monkeypatch, capsys):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from attnfit.cli import CONFIG_DIR
+    from attnfit.cli import compose_config
 
     pretrained_with = []
     monkeypatch.setattr(tb, "pretrain_once", lambda out, args, extra=(): pretrained_with.append(extra) or Path("/p"))
@@ -234,9 +231,7 @@ def test_pretrain_task_text_adds_the_training_sentences_only(tb, toy_data, tmp_p
     argv = [f"--data={toy_data}", "--sets=cr,mpqa", "--seeds=1", "--variants=pretrained", f"--out={out}"]
     tb.main([*argv, "--pretrain-task-text", "--pretrain-args", "experiment=wikitext2_mlm data.train=/corpus/wiki.txt"])
     (override,) = pretrained_with[0]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        data = compose("train", overrides=["experiment=wikitext2_mlm", override]).data
+    data = compose_config("train", ["experiment=wikitext2_mlm", override]).data
     task_text = out / "data" / "task-text.txt"
     assert list(data.train) == ["/corpus/wiki.txt", str(task_text)]
     train = [text for name in ("cr", "mpqa") for _, text in _read_tsv(out / "data" / name / "train.tsv")]

@@ -85,6 +85,17 @@ def check_no_null_group(argv: list[str]) -> None:
             sys.exit(2)
 
 
+def compose_config(config_name: str, overrides: list[str]) -> Any:
+    """The config that ``attnfit-<verb> OVERRIDES`` would run (``config_name``: train, finetune, …), composed
+    in-process, outside any running Hydra app (scripts, benchmarks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose(config_name, overrides=overrides)
+
+
 def unknown_key_hint(config_name: str, overrides: list[str]) -> str | None:
     """``"unknown key trainer.max_step (did you mean trainer.max_steps?) …"`` if an override names a missing key."""
     from hydra import compose, initialize_config_dir

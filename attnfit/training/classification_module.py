@@ -48,7 +48,7 @@ class ClassificationModule(TaskModule):
     ) -> None:
         super().__init__(model, record, optimization)
         loss = loss or ClassificationLoss()
-        self.auxiliary, self.mlm_weight, self.label_smoothing = auxiliary, loss.mlm_weight, loss.label_smoothing
+        self.auxiliary, self.loss_settings = auxiliary, loss
         self.label_names = list(record.label_names or [])
         weights = torch.tensor(loss.class_weights, dtype=torch.float32) if loss.class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -70,7 +70,7 @@ class ClassificationModule(TaskModule):
         return loss, logits
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, logits = self._loss(batch, self.label_smoothing)
+        loss, logits = self._loss(batch, self.loss_settings.label_smoothing)
         self.log("train/loss", loss)
         self.log("loss", loss, prog_bar=True, logger=False)
         self.log("train/acc", (logits.argmax(-1) == batch["labels"]).float().mean())
@@ -78,7 +78,7 @@ class ClassificationModule(TaskModule):
             ids, labels = batch["masked_input_ids"], batch["masked_labels"]
             masked_loss = self.auxiliary.labelled_loss(ids, batch["padding_mask"], labels)[0]
             self.log("train/mlm_loss", masked_loss)
-            loss = loss + self.mlm_weight * masked_loss
+            loss = loss + self.loss_settings.mlm_weight * masked_loss
         return loss
 
     def _eval_step(self, batch: dict[str, Any], metrics: MetricCollection, split: str) -> None:

@@ -100,15 +100,9 @@ def _cpu_name() -> str:
 
 def compose(config_name: str, overrides: list[str]) -> Any:
     """The recipe's Hydra config, composed in-process (what ``attnfit-train OVERRIDES`` would run)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from attnfit.cli import compose_config
 
-    from attnfit.cli import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra_compose(config_name, overrides=overrides)
+    return compose_config(config_name, overrides)
 
 
 def subprocess_env() -> dict[str, str]:
