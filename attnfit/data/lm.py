@@ -136,6 +136,11 @@ class MLMCollator:
     function of ``seed`` and its keys alone, so a resumed run or another worker count draws the same ones;
     otherwise the main process draws from a generator seeded with ``seed`` and a DataLoader worker mixes
     ``seed`` with its worker seed. Without ``seed`` masks use torch's global RNG.
+
+    ``cls_id``: rows are framed as the classifier frames its inputs, ``[cls] … [eos]``: the first token becomes
+    ``cls_id`` (so its embedding is trained before fine-tuning meets it at every row's start), and
+    ``short_row_prob`` of the rows (BERT's ``short_seq_prob``) are cut to a random length of 3..T, end in
+    ``eos_id`` and are padded, so pretraining also sees sentence-length inputs.
     """
 
     pad_id: int
@@ -145,6 +150,9 @@ class MLMCollator:
     mask_prob: float = 0.15
     seed: int | None = None
     repeat_masks: bool = False  # validation: the same masks on every pass (see reset), in workers too
+    cls_id: int | None = field(default=None, kw_only=True)
+    eos_id: int | None = field(default=None, kw_only=True)
+    short_row_prob: float = field(default=0.0, kw_only=True)
     _generator: torch.Generator | None = field(default=None, init=False, repr=False, compare=False)
     _generator_seed: int | None = field(default=None, init=False, repr=False, compare=False)
     _replacements: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
@@ -153,6 +161,10 @@ class MLMCollator:
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask_prob must be between 0 and 1 (exclusive), got {self.mask_prob}")
         self.special_ids = tuple(sorted({*self.special_ids, self.pad_id, self.mask_id}))
+        if not 0.0 <= self.short_row_prob <= 1.0:
+            raise ConfigError(f"short_row_prob must be between 0 and 1, got {self.short_row_prob}")
+        if self.short_row_prob and (self.cls_id is None or self.eos_id is None):
+            raise ConfigError("short_row_prob needs cls_id and eos_id: short rows are framed as [cls] … [eos]")
 
     def _rng(self) -> torch.Generator | None:
         if self.seed is None:
@@ -202,9 +214,23 @@ class MLMCollator:
             chosen.view(-1)[pick] = True
         return chosen
 
+    def _frame(self, examples: Sequence[dict], gen: torch.Generator | None) -> list[dict]:
+        """Rows as ``[cls] …`` and, for ``short_row_prob`` of them, ``[cls] …[eos]`` of a random length 3..T."""
+        framed = []
+        for ex in examples:
+            ids = torch.as_tensor(ex["input_ids"], dtype=torch.long).reshape(-1).clone()
+            ids[:1] = self.cls_id
+            if self.short_row_prob and len(ids) > 3 and float(torch.rand((), generator=gen)) < self.short_row_prob:
+                ids = ids[: int(torch.randint(3, len(ids) + 1, (), generator=gen))]
+                ids[-1] = self.eos_id
+            framed.append({"input_ids": ids})
+        return framed
+
     def __call__(self, examples: Sequence[dict]) -> dict:
-        input_ids, padding_mask = _pad(examples, self.pad_id)
         gen = self._batch_rng(examples)
+        if self.cls_id is not None:
+            examples = self._frame(examples, gen)
+        input_ids, padding_mask = _pad(examples, self.pad_id)
         eligible = ~padding_mask & ~torch.isin(input_ids, torch.tensor(self.special_ids, dtype=torch.long))
         chosen = self._choose(input_ids, eligible, gen)
         labels = torch.where(chosen, input_ids, IGNORE_INDEX)

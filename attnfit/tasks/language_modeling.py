@@ -46,17 +46,34 @@ MASKINGS = ("token", "whole_word", "span")
 
 def masking_collators(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any]:
     """Training and validation collators of ``task.masking``; validation masks repeat on every pass."""
+    from attnfit.data import special_token_id
+
     masking, prob = str(cfg.task.get("masking", "token")), float(cfg.task.mask_prob)
+    short_row_prob = float(cfg.task.get("short_row_prob", 0.0))
+    framing = {}  # training rows only: validation stays packed text, comparable across runs
+    if cfg.task.get("cls_rows", False) or short_row_prob:
+        framing = dict(
+            cls_id=special_token_id(tokenizer, "cls"),
+            eos_id=special_token_id(tokenizer, "eos"),
+            short_row_prob=short_row_prob,
+        )
     return (
-        masking_collator(masking, prob, tokenizer, cfg.seed),
+        masking_collator(masking, prob, tokenizer, cfg.seed, **framing),
         masking_collator(masking, prob, tokenizer, cfg.seed + 1, repeat_masks=True),
     )
 
 
 def masking_collator(
-    masking: str, prob: float, tokenizer: Any, seed: int, repeat_masks: bool = False, key: str = "task.masking"
+    masking: str,
+    prob: float,
+    tokenizer: Any,
+    seed: int,
+    repeat_masks: bool = False,
+    key: str = "task.masking",
+    **framing: Any,
 ) -> Any:
-    """A masked-LM collator: BERT's token masking, whole words, or SpanBERT's whole-word spans."""
+    """A masked-LM collator: BERT's token masking, whole words, or SpanBERT's whole-word spans. ``framing``:
+    ``cls_id``, ``eos_id`` and ``short_row_prob`` of :class:`attnfit.data.MLMCollator`."""
     from attnfit.data import MLMCollator, special_token_id, special_token_ids
     from attnfit.data.masking import SpanMLMCollator, WholeWordMLMCollator
 
@@ -64,9 +81,9 @@ def masking_collator(
     if masking == "token":
         ids = special_token_id(tokenizer, "pad"), special_token_id(tokenizer, "mask"), tokenizer.get_vocab_size()
         specials = tuple(i for i in special_token_ids(tokenizer).values() if i is not None)
-        return MLMCollator(*ids, specials, prob, seed=seed, repeat_masks=repeat_masks)
+        return MLMCollator(*ids, specials, prob, seed=seed, repeat_masks=repeat_masks, **framing)
     cls = WholeWordMLMCollator if masking == "whole_word" else SpanMLMCollator
-    return cls.from_tokenizer(tokenizer, mask_prob=prob, seed=seed, repeat_masks=repeat_masks)
+    return cls.from_tokenizer(tokenizer, mask_prob=prob, seed=seed, repeat_masks=repeat_masks, **framing)
 
 
 def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:

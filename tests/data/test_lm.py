@@ -9,8 +9,8 @@ from attnfit.data import lm
 from attnfit.data.lm import CLMCollator, MLMCollator, tokenize_for_lm, unigram_cross_entropy
 from attnfit.data.sources import load_text_splits
 from attnfit.data.synthetic import generate_lm_corpus
-from attnfit.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, train_tokenizer
-from attnfit.errors import DataError
+from attnfit.data.tokenizer import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, train_tokenizer
+from attnfit.errors import ConfigError, DataError
 
 DOCS = generate_lm_corpus(120, seed=4)
 
@@ -154,6 +154,59 @@ def test_mlm_collator_at_least_one_and_reproducible():
         assert all(torch.equal(x[k], y[k]) for k in ("input_ids", "labels"))
     only_specials = _mlm(seed=0)([{"input_ids": [2, 3]}])
     assert (only_specials["labels"] == -100).all()  # nothing eligible: nothing masked, no crash
+
+
+def test_framed_rows_look_like_the_classifiers():
+    """cls_id frames every row as the classifier's ``[cls] … [eos]``: the first token is <cls>, and about
+    short_row_prob of the rows are cut to 3..T tokens ending in <eos>, padded; the rest keep their text."""
+    cls_id = CLS_ID
+    examples = [{"input_ids": list(range(10, 74)), "sample_key": i} for i in range(400)]
+    framed = _mlm(seed=0, cls_id=cls_id, eos_id=EOS_ID, short_row_prob=0.25, mask_prob=1e-6)
+    batch = framed(examples)
+    ids, labels, padding = batch["input_ids"], batch["labels"], batch["padding_mask"]
+    original = torch.where(labels != -100, labels, ids)  # undo the one masked token
+    assert (original[:, 0] == cls_id).all() and (labels[:, 0] == -100).all()  # <cls> is never masked
+    lengths = (~padding).sum(1)
+    short = original[torch.arange(len(ids)), lengths - 1] == EOS_ID  # a cut row can keep all 64 tokens
+    assert 0.18 < short.float().mean() < 0.32
+    assert int(lengths.min()) >= 3 and len(set(lengths[short].tolist())) > 20  # lengths spread over 3..64
+    for row, n in zip(original[short], lengths[short].tolist(), strict=True):
+        assert row[n - 1] == EOS_ID and row[1 : n - 1].tolist() == list(range(11, 10 + n - 1))
+        assert (row[n:] == PAD_ID).all()
+    assert (original[~short, 1:] == torch.arange(11, 74)).all()  # full rows: only the first token replaced
+    again = framed(examples)
+    assert torch.equal(again["input_ids"], ids) and torch.equal(again["padding_mask"], padding)  # keyed by sample
+    plain = _mlm(seed=0, mask_prob=1e-6)(examples)
+    assert (plain["input_ids"][:, 0] != cls_id).all() and not plain["padding_mask"].any()  # off by default
+
+
+@pytest.mark.parametrize("masking", ["token", "whole_word"])
+def test_task_settings_frame_the_training_rows_only(tok, masking):
+    from omegaconf import OmegaConf
+
+    from attnfit.tasks.language_modeling import masking_collators
+
+    task = {"mask_prob": 0.15, "masking": masking, "short_row_prob": 0.3}
+    train, val = masking_collators(OmegaConf.create({"seed": 0, "task": task}), tok)
+    assert (train.cls_id, train.eos_id, train.short_row_prob) == (CLS_ID, EOS_ID, 0.3)
+    assert val.cls_id is None and val.short_row_prob == 0.0  # validation loss stays comparable across runs
+    train, _ = masking_collators(OmegaConf.create({"seed": 0, "task": {**task, "short_row_prob": 0.0}}), tok)
+    assert train.cls_id is None
+    task.update(short_row_prob=0.0, cls_rows=True)
+    train, _ = masking_collators(OmegaConf.create({"seed": 0, "task": task}), tok)
+    assert train.cls_id == CLS_ID and train.short_row_prob == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"short_row_prob": 1.5, "cls_id": 6, "eos_id": EOS_ID}, "short_row_prob must be between 0 and 1, got 1.5"),
+        ({"short_row_prob": 0.1}, "short_row_prob needs cls_id and eos_id"),
+    ],
+)
+def test_framing_settings_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        _mlm(**kwargs)
 
 
 # --- unigram baseline ------------------------------------------------------------------------------------
