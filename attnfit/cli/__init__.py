@@ -98,25 +98,21 @@ def compose_config(config_name: str, overrides: list[str]) -> Any:
 
 def unknown_key_hint(config_name: str, overrides: list[str]) -> str | None:
     """``"unknown key trainer.max_step (did you mean trainer.max_steps?) …"`` if an override names a missing key."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        try:
-            compose(config_name, overrides=overrides)
-            return None
-        except Exception as error:
-            cause = error.__cause__
-        if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not cause.full_key:
-            return None
-        full_key = cause.full_key
-        parent_key, _, leaf = full_key.rpartition(".")
-        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != full_key]
-        root = compose(config_name, overrides=rest)
-        parent = OmegaConf.select(root, parent_key) if parent_key else root
+    try:
+        compose_config(config_name, overrides)
+        return None
+    except Exception as error:
+        cause = error.__cause__
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not cause.full_key:
+        return None
+    full_key = cause.full_key
+    parent_key, _, leaf = full_key.rpartition(".")
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != full_key]
+    root = compose_config(config_name, rest)
+    parent = OmegaConf.select(root, parent_key) if parent_key else root
     if not isinstance(parent, DictConfig):
         return None
     keys = sorted(str(k) for k in parent if k != "hydra")

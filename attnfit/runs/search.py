@@ -419,6 +419,8 @@ def _is_search_key(override: str) -> bool:
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose inside the running ``attnfit-search`` app, with its config search path (``hydra.searchpath`` too);
+    ``attnfit.cli.compose_config`` would start afresh on the package's configs alone."""
     from hydra import compose
 
     return compose(config_name=config_name, overrides=overrides)
