@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -176,10 +178,43 @@ def python_m(module: str, args: list[str], cwd: Path, env: dict[str, str], timeo
     re-execute the command line; otherwise a fresh interpreter."""
     launcher = any(a.startswith(FRESH_PROCESS_ARGS) for a in args)
     if _warm is None or launcher or not _warm.same_env(env):
-        return subprocess.run(
-            [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-        )
+        return run_fresh([sys.executable, "-m", module, *args], cwd, env, timeout)
     return _warm.run(module, list(args), cwd, env, timeout)
+
+
+class HungProcess(subprocess.TimeoutExpired):
+    """A run past its time limit; the message ends with its stderr, where every process wrote its Python stack."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; the end of stderr, stacks included:\n{(self.stderr or '')[-12000:]}"
+
+
+def run_fresh(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a process group of its own. Past ``timeout`` every process in the group (DDP's spawned
+    workers, a grandchild holding the output pipes) gets SIGABRT before SIGKILL, and faulthandler writes its Python
+    stack to stderr: a hang says where it hung."""
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    with subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, **pipes) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGABRT)
+            try:
+                stdout, stderr = proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate()
+            raise HungProcess(command, timeout, stdout, stderr) from None
+        except BaseException:  # Ctrl-C: its own session would keep the run going
+            _signal_group(proc.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # every process of the group has exited
+        os.killpg(group, sig)
 
 
 @pytest.fixture
