@@ -215,7 +215,7 @@ class MLMCollator:
         return chosen
 
     def _frame(self, examples: Sequence[dict], gen: torch.Generator | None) -> list[dict]:
-        """Rows as ``[cls] …`` and, for ``short_row_prob`` of them, ``[cls] …[eos]`` of a random length 3..T."""
+        """Rows as ``[cls] …`` and, for ``short_row_prob`` of them, ``[cls] … [eos]`` of a random length 3..T."""
         framed = []
         for ex in examples:
             ids = torch.as_tensor(ex["input_ids"], dtype=torch.long).reshape(-1).clone()
