@@ -67,10 +67,11 @@ class WarmPython:
             request = {"module": module, "args": args, "cwd": str(cwd), "env": env, "timeout": timeout}
             self.requests.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}) + "\n")
             self.requests.flush()
-            returncode = json.loads(self.replies.readline())["returncode"]
+            reply = json.loads(self.replies.readline())
         stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
-        if returncode == -9:
-            raise subprocess.TimeoutExpired([module, *args], timeout, stdout, stderr)
+        returncode = reply["returncode"]
+        if reply["timed_out"]:
+            raise HungProcess([module, *args], timeout, stdout, stderr)
         return subprocess.CompletedProcess([sys.executable, "-m", module, *args], returncode, stdout, stderr)
 
     def same_env(self, env: dict[str, str]) -> bool:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import HungProcess, run_fresh
+from tests.conftest import HungProcess, cli_env, run_fresh
 
 HANGS = """
 import multiprocessing
@@ -40,3 +40,12 @@ def test_a_run_that_ends_returns_its_output(tmp_path):
     code = "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"
     done = run_fresh([sys.executable, "-c", code], tmp_path, dict(os.environ), timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+
+
+def test_a_hung_run_forked_from_the_warm_interpreter_ends_with_its_stack(warm_python, cache_dir, tmp_path):
+    if warm_python is None:
+        pytest.skip("ATTNFIT_TEST_SUBPROCESS=1 turns the warm interpreter off")
+    (tmp_path / "sleeps_forever.py").write_text("import time\n\n\ndef wait():\n    time.sleep(120)\n\n\nwait()\n")
+    with pytest.raises(HungProcess) as caught:
+        warm_python.run("sleeps_forever", [], tmp_path, cli_env(cache_dir), timeout=3)
+    assert "line 5 in wait" in str(caught.value)

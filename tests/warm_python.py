@@ -7,11 +7,12 @@ run's directory, takes its environment and arguments, points stdout/stderr at fi
 imported modules, never run anything, so every child starts from the same clean state.
 
 Protocol (file descriptors given on the command line): one JSON request per line ``{"module", "args", "cwd",
-"env", "stdout", "stderr", "timeout"}``, one JSON reply per line ``{"returncode"}``.
+"env", "stdout", "stderr", "timeout"}``, one JSON reply per line ``{"returncode", "timed_out"}``.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import runpy
@@ -29,6 +30,7 @@ def _child(request: dict) -> None:
     os.dup2(null, 0)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    faulthandler.enable()  # a hang's SIGABRT (see _wait) writes the Python stack to the run's stderr
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.argv = [request["module"], *request["args"]]
@@ -37,16 +39,23 @@ def _child(request: dict) -> None:
     raise SystemExit(0)
 
 
-def _wait(pid: int, timeout: float) -> int:
+def _wait(pid: int, timeout: float) -> tuple[int, bool]:
+    """The child's exit code, and whether it ran past ``timeout``: then SIGABRT first, for faulthandler to write its
+    Python stack to the run's stderr, and SIGKILL if it is still there 10 s later."""
     deadline = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status)
+            return os.waitstatus_to_exitcode(status), False
         if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGABRT)
+            for _ in range(500):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return os.waitstatus_to_exitcode(status), True
+                time.sleep(0.02)
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return -signal.SIGKILL
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), True
         time.sleep(0.02)
 
 
@@ -59,7 +68,8 @@ def serve(requests_fd: int, replies_fd: int) -> None:
             requests.close()
             replies.close()
             _child(request)
-        replies.write(json.dumps({"returncode": _wait(pid, float(request["timeout"]))}) + "\n")
+        returncode, timed_out = _wait(pid, float(request["timeout"]))
+        replies.write(json.dumps({"returncode": returncode, "timed_out": timed_out}) + "\n")
         replies.flush()
 
 
