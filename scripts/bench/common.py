@@ -98,13 +98,6 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def compose(config_name: str, overrides: list[str]) -> Any:
-    """The recipe's Hydra config, composed in-process (what ``attnfit-train OVERRIDES`` would run)."""
-    from attnfit.cli import compose_config
-
-    return compose_config(config_name, overrides)
-
-
 def subprocess_env() -> dict[str, str]:
     """Environment of the processes a section starts: offline datasets, unbuffered output, and the same attnfit
     as this process (its checkout first on PYTHONPATH), whatever the working directory."""

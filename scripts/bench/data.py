@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import SCRIPT, compose, subprocess_env, table
+from bench.common import SCRIPT, subprocess_env, table
 
 
 def data_run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -32,10 +32,11 @@ def data_run(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     import attnfit.data
     import attnfit.training.datamodule  # noqa: F401
+    from attnfit.cli import compose_config
     from attnfit.tasks.language_modeling import prepare_lm_data
 
     timings: dict[str, Any] = {"import_s": time.perf_counter() - started}
-    cfg = compose(
+    cfg = compose_config(
         "train",
         [
             "data=files",

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import compose, subprocess_env, table
+from bench.common import subprocess_env, table
 
 MARKS = {  # mark: the start of the run's log message (after Hydra's "[time][logger][level] - " prefix)
     "prepare_start": "start-up: preparing ",
@@ -89,9 +89,10 @@ def run(args: argparse.Namespace, results: dict[str, Any], work: Path) -> None:
     if args.quick:  # fill the cache in this process (imports already paid) instead of a cold run
         import datasets
 
+        from attnfit.cli import compose_config
         from attnfit.tasks import get_task
 
-        cfg = compose("train", [*overrides, f"paths.output_dir={work / 'startup-cold'}"])
+        cfg = compose_config("train", [*overrides, f"paths.output_dir={work / 'startup-cold'}"])
         datasets.disable_progress_bars()
         try:
             get_task(cfg.task.name).prepare(cfg, None)

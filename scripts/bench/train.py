@@ -46,14 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import MASK_PROB, Shape, compose, matmul_gflops, median, table
+from bench.common import MASK_PROB, Shape, matmul_gflops, median, table
 
 OptionalImport = Callable[[str], tuple[Any, "str | None"]]  # benchmark.optional_module
 
 
 def config(shape: Shape, encoder: str, out_dir: Path, steps: int, progress_bar: str) -> Any:
     """``attnfit-train task=mlm`` at ``shape``; a rich progress bar is added by :func:`run_attnfit` (see above)."""
-    return compose(
+    from attnfit.cli import compose_config
+
+    return compose_config(
         "train",
         [
             "task=mlm",
