@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -192,15 +193,15 @@ class HungProcess(subprocess.TimeoutExpired):
 
 def run_fresh(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """``subprocess.run`` in a process group of its own. Past ``timeout`` every process in the group (DDP's spawned
-    workers, a grandchild holding the output pipes) gets SIGABRT before SIGKILL, and faulthandler writes its Python
-    stack to stderr: a hang says where it hung."""
+    workers, a grandchild holding the output pipes) gets SIGABRT, one after the other, before SIGKILL, and
+    faulthandler writes its Python stack to stderr: a hang says where it hung."""
     env = {**env, "PYTHONFAULTHANDLER": "1"}
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
     with subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, **pipes) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGABRT)
+            _abort_one_by_one(proc.pid)
             try:
                 stdout, stderr = proc.communicate(timeout=20)
             except subprocess.TimeoutExpired:
@@ -211,6 +212,25 @@ def run_fresh(command: list[str], cwd: Path, env: dict[str, str], timeout: float
             _signal_group(proc.pid, signal.SIGKILL)
             raise
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def _abort_one_by_one(group: int) -> None:
+    """SIGABRT to each process of ``group`` in turn: their stacks share one stderr, and dumps made at once interleave
+    mid-line."""
+    for pid in _group_members(group):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(0.3)
+
+
+def _group_members(group: int) -> list[int]:
+    """The processes in process group ``group`` (from Linux's /proc), by pid."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a process may exit while it is read
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == group:
+                members.append(int(entry.name))
+    return sorted(members)
 
 
 def _signal_group(group: int, sig: signal.Signals) -> None:
