@@ -6,6 +6,7 @@ several seeds, and print test accuracy (mean ± std) beside Kim's CNN figures.
 
     python scripts/transfer_benchmark.py --quick                       # a few minutes: smoke test of the pipeline
     python scripts/transfer_benchmark.py --pretrained RUN --seeds 3 --json transfer.json
+    python scripts/transfer_benchmark.py --pretrained RUN --settings scripts/transfer_settings.yaml  # README's table
     python scripts/transfer_benchmark.py --pretrain-args "experiment=wikitext2_mlm"   # pretrains first (hours)
     python scripts/transfer_benchmark.py --pretrain-args "experiment=wikitext2_transfer" --pretrain-task-text
     python scripts/transfer_benchmark.py --pretrained RUN --variants pretrained,scratch,adapted --adapt-steps 300 \\
@@ -39,6 +40,9 @@ runs enter the table (so pretrained and from-scratch each get their own best lea
 ``--pretrain-task-text`` (when the benchmark pretrains) adds the chosen sets' training sentences, without their labels,
 to the pretraining corpus (task-adaptive pretraining, Gururangan et al. 2020): ``OUT/data/task-text.txt``, listed in
 ``data.train`` after the corpus of ``--pretrain-args``; no validation or test sentence is in it.
+``--settings FILE`` (YAML) gives overrides for every run (``common``) and per variant and set (``pretrained: {trec:
+[...]}``), as ``scripts/transfer_settings.yaml`` holds the ones validation chose for the README's table; the
+command line's overrides come after them, so they win.
 A run whose metrics.json exists is not redone; a failed run is reported and marked, and the benchmark goes on.
 """
 
@@ -56,6 +60,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +236,10 @@ def pretrained_max_len(pretrained: Path) -> int | None:
     return None
 
 
+def names_seq_len(overrides: Iterable[str]) -> bool:
+    return any(o.startswith("data.seq_len=") for o in overrides)
+
+
 def selection_grid(specs: list[str]) -> list[list[str]]:
     """``--select KEY=V1,V2`` specs -> every combination of their values, as override lists (``[[]]`` for none)."""
     axes = []
@@ -259,6 +268,39 @@ class Job:
     pretrained: Path
     out: Path
     args: argparse.Namespace
+    settings: tuple[str, ...] = ()  # --settings: its common overrides, then this variant's and set's
+
+
+def load_settings(path: str) -> dict[str, list[str]]:
+    """``--settings FILE`` -> ``{"common": [...], "<variant>/<set>": [...]}``; exits with one line naming what is
+    wrong (a missing file, an unknown variant or set, an entry that is not a list of ``key=value`` overrides)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        sys.exit(f"--settings {path}: cannot read it ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+    if not isinstance(raw, dict):
+        sys.exit(f"--settings {path}: expected a mapping of common and variants, got {type(raw).__name__}")
+
+    def overrides(value: object, where: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+            sys.exit(f"--settings {path}: {where} must be a list of key=value overrides, got {value!r}")
+        return value
+
+    settings = {"common": overrides(raw.get("common", []), "common")}
+    for variant, by_set in raw.items():
+        if variant == "common":
+            continue
+        if variant not in VARIANTS:
+            sys.exit(f"--settings {path}: unknown key {variant!r}; choose from common, {', '.join(VARIANTS)}")
+        if not isinstance(by_set, dict):
+            sys.exit(f"--settings {path}: {variant} must map sets to overrides, got {by_set!r}")
+        for name, value in by_set.items():
+            if name not in FILES:
+                sys.exit(f"--settings {path}: unknown set {name!r} under {variant}; choose from {', '.join(FILES)}")
+            settings[f"{variant}/{name}"] = overrides(value, f"{variant}.{name}")
+    return settings
 
 
 def finetune(job: Job, seed: int, selected: list[str] = ()) -> dict:
@@ -279,6 +321,7 @@ def finetune(job: Job, seed: int, selected: list[str] = ()) -> dict:
         *([f"finetune.adapt_steps={args.adapt_steps}"] if variant == "adapted" else []),
         f"hydra.run.dir={run_dir}",
         "callbacks.progress_bar=none",
+        *job.settings,
         *args.finetune_overrides,
         *selected,
     ]
@@ -404,6 +447,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="default outputs/transfer-benchmark (--quick: …-quick)")
     parser.add_argument("--json", help="write every run's metrics, the splits and the summary here")
     parser.add_argument("--train-rows", type=int, default=None, help="fine-tune on a stratified subsample of train")
+    parser.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="YAML of overrides: common ones and per variant and set (scripts/transfer_settings.yaml: the README's)",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per fine-tuning run")
     parser.add_argument(
         "--select",
@@ -447,6 +495,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--select-seeds must be between 1 and --seeds ({args.seeds}), got {args.select_seeds}")
     if args.pretrain_task_text and args.pretrained:
         parser.error("--pretrain-task-text changes the pretraining, which --pretrained skips")
+    args.settings_file, args.settings = args.settings, load_settings(args.settings) if args.settings else {}
     if args.pretrain_args is None:
         args.pretrain_args = QUICK_PRETRAIN if args.quick else "experiment=wikitext2_mlm"
     if args.out is None:
@@ -541,10 +590,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         extra = (task_text_override(args.pretrain_args, args.sets, out),) if args.pretrain_task_text else ()
         pretrained = pretrain_once(out, args.pretrain_args, extra)
-    if not any(o.startswith("data.seq_len=") for o in args.finetune_overrides):
+    fitted = None  # data=files defaults to 128 tokens: a model with fewer positions gets its own max_len
+    if not names_seq_len(args.finetune_overrides):
         max_len = pretrained_max_len(pretrained)
-        if max_len is not None and max_len < 128:  # data=files defaults to 128 tokens
-            args.finetune_overrides = [f"data.seq_len={max_len}", *args.finetune_overrides]
+        fitted = f"data.seq_len={max_len}" if max_len is not None and max_len < 128 else None
 
     runs: list[dict] = []
     selections: dict = {}
@@ -553,7 +602,10 @@ def main(argv: list[str] | None = None) -> dict:
     total = len(args.sets) * len(args.variants) * (args.seeds + tried * (len(grid) - 1))
     for name in args.sets:
         for variant in args.variants:
-            job, chosen = Job(name, variant, data[name]["files"], pretrained, out, args), grid[0]
+            settings = (*args.settings.get("common", []), *args.settings.get(f"{variant}/{name}", []))
+            if fitted and not names_seq_len(settings):
+                settings = (fitted, *settings)
+            job, chosen = Job(name, variant, data[name]["files"], pretrained, out, args, settings), grid[0]
             if tried:  # seeds 0..K-1 of every combination; the best on validation goes on to the other seeds
                 selection = select_on_validation(job, grid, runs, total)
                 selections.setdefault(name, {})[variant], chosen = selection, selection["chosen"]
@@ -588,6 +640,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": args.variants,
         "seeds": args.seeds,
         "finetune_overrides": args.finetune_overrides,
+        "settings": {"file": args.settings_file, **args.settings} if args.settings_file else None,
         "selections": selections,
         "kim2014": {name: {"cnn_rand": KIM[name][0], "cnn_word2vec": KIM[name][1]} for name in args.sets},
         "summary": summary,

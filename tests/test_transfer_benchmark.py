@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +244,65 @@ def test_pretrain_task_text_adds_the_training_sentences_only(tb, toy_data, tmp_p
     with pytest.raises(SystemExit):
         tb.main([*argv, "--pretrain-task-text", "--pretrained=/nowhere"])
     assert "--pretrain-task-text changes the pretraining, which --pretrained skips" in capsys.readouterr().err
+
+
+def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data, tmp_path, monkeypatch, capsys):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        "common: [experiment=sentence_finetune]\n"
+        "pretrained:\n  cr: [optimizer.lr=2e-3, task.pooling=max]\n"
+        "scratch:\n  mpqa: [data.seq_len=16]\n"
+    )
+    commands = {}
+
+    def fake_cli(verb, overrides, timeout):  # records the command and leaves the metrics a finished run leaves
+        run_dir = Path(next(o for o in overrides if o.startswith("hydra.run.dir=")).partition("=")[2])
+        commands[run_dir.parent.name, run_dir.name] = overrides
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text('{"test/acc": 0.5, "val/f1": 0.5}')
+        return subprocess.CompletedProcess(overrides, 0, "", "")
+
+    monkeypatch.setattr(tb, "cli", fake_cli)
+    monkeypatch.setattr(tb, "pretrained_max_len", lambda pretrained: 64)
+    argv = [f"--data={toy_data}", "--sets=cr,mpqa", "--seeds=1", "--pretrained=/nowhere", f"--out={tmp_path / 'o'}"]
+    result = tb.main([*argv, "--settings", str(settings), "task.dropout=0.3"])
+
+    def after_fixed(overrides):  # what follows the benchmark's own overrides (the last is progress_bar=none)
+        return overrides[overrides.index("callbacks.progress_bar=none") + 1 :]
+
+    common = ["experiment=sentence_finetune"]
+    assert after_fixed(commands["cr", "pretrained-seed0"]) == [
+        "data.seq_len=64",
+        *common,
+        "optimizer.lr=2e-3",
+        "task.pooling=max",
+        "task.dropout=0.3",
+    ]
+    assert after_fixed(commands["cr", "scratch-seed0"]) == ["data.seq_len=64", *common, "task.dropout=0.3"]
+    assert after_fixed(commands["mpqa", "pretrained-seed0"]) == ["data.seq_len=64", *common, "task.dropout=0.3"]
+    # a set's own data.seq_len replaces the one fitted to the model, for that set and variant only
+    assert after_fixed(commands["mpqa", "scratch-seed0"]) == [*common, "data.seq_len=16", "task.dropout=0.3"]
+    assert result["settings"]["file"] == str(settings) and result["settings"]["pretrained/cr"][1] == "task.pooling=max"
+
+    for text, message in [
+        ("pretrained:\n  sst2: [optimizer.lr=1e-3]\n", "unknown set 'sst2' under pretrained; choose from trec, subj"),
+        ("finetuned:\n  cr: [optimizer.lr=1e-3]\n", "unknown key 'finetuned'; choose from common, pretrained"),
+        ("common: optimizer.lr=1e-3\n", "common must be a list of key=value overrides, got 'optimizer.lr=1e-3'"),
+        ("scratch:\n  cr: [optimizer.lr]\n", "scratch.cr must be a list of key=value overrides"),
+        ("[unclosed\n", "cannot read it (ParserError"),
+    ]:
+        settings.write_text(text)
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            tb.main([*argv, "--settings", str(settings)])
+    with pytest.raises(SystemExit, match="cannot read it .FileNotFoundError"):
+        tb.main([*argv, "--settings", str(tmp_path / "missing.yaml")])
+    # the shipped file names only known sets and variants, and its overrides compose into a fine-tuning config
+    shipped = tb.load_settings(str(ROOT / "scripts" / "transfer_settings.yaml"))
+    assert {key.split("/")[0] for key in shipped} == {"common", "pretrained", "scratch"}
+    from attnfit.cli import compose_config
+
+    for overrides in shipped.values():
+        compose_config("finetune", ["pretrained=/nowhere", *shipped["common"], *overrides])
 
 
 def test_benchmark_end_to_end_and_resumes(toy_data, pretrained, tmp_path, cache_dir):
