@@ -237,6 +237,7 @@ def pretrained_max_len(pretrained: Path) -> int | None:
 
 
 def names_seq_len(overrides: Iterable[str]) -> bool:
+    """Whether ``overrides`` set the fine-tuning length themselves (then the model's max_len is not imposed)."""
     return any(o.startswith("data.seq_len=") for o in overrides)
 
 
@@ -284,8 +285,8 @@ def load_settings(path: str) -> dict[str, list[str]]:
         sys.exit(f"--settings {path}: expected a mapping of common and variants, got {type(raw).__name__}")
 
     def overrides(value: object, where: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
-            sys.exit(f"--settings {path}: {where} must be a list of key=value overrides, got {value!r}")
+        if not isinstance(value, list) or not all(isinstance(v, str) and ("=" in v or v[:1] == "~") for v in value):
+            sys.exit(f"--settings {path}: {where} must be a list of key=value (or ~key) overrides, got {value!r}")
         return value
 
     settings = {"common": overrides(raw.get("common", []), "common")}

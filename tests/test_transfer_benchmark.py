@@ -249,7 +249,7 @@ def test_pretrain_task_text_adds_the_training_sentences_only(tb, toy_data, tmp_p
 def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data, tmp_path, monkeypatch, capsys):
     settings = tmp_path / "settings.yaml"
     settings.write_text(
-        "common: [experiment=sentence_finetune]\n"
+        "common: [experiment=sentence_finetune, ~callbacks.extra]\n"
         "pretrained:\n  cr: [optimizer.lr=2e-3, task.pooling=max]\n"
         "scratch:\n  mpqa: [data.seq_len=16]\n"
     )
@@ -270,7 +270,7 @@ def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data
     def after_fixed(overrides):  # what follows the benchmark's own overrides (the last is progress_bar=none)
         return overrides[overrides.index("callbacks.progress_bar=none") + 1 :]
 
-    common = ["experiment=sentence_finetune"]
+    common = ["experiment=sentence_finetune", "~callbacks.extra"]
     assert after_fixed(commands["cr", "pretrained-seed0"]) == [
         "data.seq_len=64",
         *common,
@@ -287,8 +287,8 @@ def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data
     for text, message in [
         ("pretrained:\n  sst2: [optimizer.lr=1e-3]\n", "unknown set 'sst2' under pretrained; choose from trec, subj"),
         ("finetuned:\n  cr: [optimizer.lr=1e-3]\n", "unknown key 'finetuned'; choose from common, pretrained"),
-        ("common: optimizer.lr=1e-3\n", "common must be a list of key=value overrides, got 'optimizer.lr=1e-3'"),
-        ("scratch:\n  cr: [optimizer.lr]\n", "scratch.cr must be a list of key=value overrides"),
+        ("common: optimizer.lr=1e-3\n", "common must be a list of key=value (or ~key) overrides, got 'optimizer"),
+        ("scratch:\n  cr: [optimizer.lr]\n", "scratch.cr must be a list of key=value (or ~key) overrides"),
         ("[unclosed\n", "cannot read it (ParserError"),
     ]:
         settings.write_text(text)
