@@ -130,6 +130,8 @@ def finetuned_backbone(
         summary = load_pretrained_backbone(model, merged_state_dict(pretrained))
         summary.loaded += list(reused)
         summary.initialised = [key for key in summary.initialised if key not in reused]
+        if mlm_weight(cfg) > 0:  # the pretraining head is not dropped: the auxiliary masked LM goes on with it
+            summary.dropped = [key for key in summary.dropped if not key.startswith("head.")]
         log.info(summary.summary())
     elif pretrained is not None:
         log.info("finetune.from_scratch=true: every weight is newly initialised (baseline run)")

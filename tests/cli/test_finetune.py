@@ -281,6 +281,9 @@ def test_auxiliary_mlm_trains_with_the_task_and_leaves_a_plain_classifier(run_cl
     build_model(tuned)  # the saved classifier loads as any other: no auxiliary tensors missing or left over
     masked = [value for _, value in scalars(run_dir)["train/mlm_loss"]]
     assert len(masked) == 8 and all(0 < value < 20 for value in masked)  # logged at every step
+    log = (run_dir / "finetune.log").read_text()
+    assert "the pretrained MLM head × finetune.mlm_weight=0.5" in log
+    assert "dropped: none" in log and "head.decoder" not in log  # the MLM head goes on, so the load keeps it
     proc = run_cli("finetune", f"pretrained={pretrained}", *FT, "finetune.mlm_weight=0.5",
                    "finetune.mlm_masking=words", check=False)  # fmt: skip
     assert proc.returncode == 2 and "finetune.mlm_masking" in proc.stderr and "whole_word" in proc.stderr
