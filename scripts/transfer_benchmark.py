@@ -496,7 +496,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--select-seeds must be between 1 and --seeds ({args.seeds}), got {args.select_seeds}")
     if args.pretrain_task_text and args.pretrained:
         parser.error("--pretrain-task-text changes the pretraining, which --pretrained skips")
-    args.settings_file, args.settings = args.settings, load_settings(args.settings) if args.settings else {}
+    args.loaded_settings = load_settings(args.settings) if args.settings else {}  # args.settings stays the path
     if args.pretrain_args is None:
         args.pretrain_args = QUICK_PRETRAIN if args.quick else "experiment=wikitext2_mlm"
     if args.out is None:
@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> dict:
     total = len(args.sets) * len(args.variants) * (args.seeds + tried * (len(grid) - 1))
     for name in args.sets:
         for variant in args.variants:
-            settings = (*args.settings.get("common", []), *args.settings.get(f"{variant}/{name}", []))
+            settings = (*args.loaded_settings.get("common", []), *args.loaded_settings.get(f"{variant}/{name}", []))
             if fitted and not names_seq_len(settings):
                 settings = (fitted, *settings)
             job, chosen = Job(name, variant, data[name]["files"], pretrained, out, args, settings), grid[0]
@@ -641,7 +641,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": args.variants,
         "seeds": args.seeds,
         "finetune_overrides": args.finetune_overrides,
-        "settings": {"file": args.settings_file, **args.settings} if args.settings_file else None,
+        "settings": {"file": args.settings, **args.loaded_settings} if args.settings else None,
         "selections": selections,
         "kim2014": {name: {"cnn_rand": KIM[name][0], "cnn_word2vec": KIM[name][1]} for name in args.sets},
         "summary": summary,
