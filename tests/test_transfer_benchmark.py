@@ -246,7 +246,7 @@ def test_pretrain_task_text_adds_the_training_sentences_only(tb, toy_data, tmp_p
     assert "--pretrain-task-text changes the pretraining, which --pretrained skips" in capsys.readouterr().err
 
 
-def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data, tmp_path, monkeypatch, capsys):
+def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data, tmp_path, monkeypatch):
     settings = tmp_path / "settings.yaml"
     settings.write_text(
         "common: [experiment=sentence_finetune, ~callbacks.extra]\n"
