@@ -48,6 +48,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "finetune.adapt_steps": (int,),
     "task.class_weights": (bool,),
     "task.label_smoothing": (int, float),
+    "task.adversarial_eps": (int, float),
     "task.head_bias": (bool,),
     "task.joint_tokenizer": (bool,),
     "task.tie_output": (bool,),

@@ -106,6 +106,11 @@ def label_smoothing(cfg: DictConfig) -> float:
     return float(cfg.task.get("label_smoothing") or 0.0)
 
 
+def adversarial_eps(cfg: DictConfig) -> float:
+    """``task.adversarial_eps``: the size of the embedding perturbation of adversarial training (0: none)."""
+    return float(cfg.task.get("adversarial_eps") or 0.0)
+
+
 def check_auxiliary_mlm(cfg: DictConfig, pretrained: Artifact | None) -> None:
     """An auxiliary masked-LM loss continues a masked LM's head; other models have none to continue."""
     finetune = cfg.get("finetune") or {}
@@ -214,6 +219,9 @@ class Classification(Task):
             raise ConfigError(f"{pretrained.source} is a {pretrained.task} model; fine-tune a language model instead")
         check_backbone(cfg, pretrained, int(cfg.data.seq_len))
         check_fraction("task.label_smoothing", label_smoothing(cfg))
+        if adversarial_eps(cfg) < 0:
+            eps = cfg.task.adversarial_eps
+            raise ConfigError(f"task.adversarial_eps={eps} must be ≥ 0 (0: no adversarial training)")
         check_finetune_options(cfg, auxiliary_mlm=True)
         check_auxiliary_mlm(cfg, pretrained)
 
@@ -317,6 +325,7 @@ class Classification(Task):
             class_weights=prepared.extra["class_weights"],
             label_smoothing=label_smoothing(cfg),
             mlm_weight=mlm_weight(cfg),
+            adversarial_eps=adversarial_eps(cfg),
         )
         return ClassificationModule(model, record, optimization, loss, auxiliary)
 

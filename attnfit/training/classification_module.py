@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,11 +23,47 @@ from attnfit.training.module import Optimization, TaskModule
 class ClassificationLoss:
     """The loss settings: ``class_weights`` weigh every split's cross-entropy; ``label_smoothing`` softens the
     training targets only (``val/loss`` and ``test/loss`` stay plain, so runs that differ in it compare);
-    ``mlm_weight`` scales the auxiliary masked-LM loss that joins the training loss."""
+    ``mlm_weight`` scales the auxiliary masked-LM loss that joins the training loss; ``adversarial_eps`` > 0 adds
+    the loss again on embeddings moved that far along its gradient (:func:`adversarial_loss`)."""
 
     class_weights: list[float] | None = None
     label_smoothing: float = 0.0
     mlm_weight: float = 0.0
+    adversarial_eps: float = 0.0
+
+
+def adversarial_loss(
+    model: SequenceClassifier, batch: dict[str, Any], loss_of: Callable[[Tensor], Tensor], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Adversarial training on embeddings (Miyato et al. 2017, FGM): ``(clean loss, logits, adversarial loss)``.
+
+    The adversarial loss is the loss again with the embedding layer's output ``e (B, T, D)`` moved by
+    ``r = eps · g / ‖g‖`` (L2 over each example's T × D), ``g`` the clean loss's gradient at ``e``: the worst
+    small change of the inputs to first order. ``r`` is a constant; both losses train the model."""
+    embeddings = model.backbone.embeddings
+    captured: list[Tensor] = []
+
+    def capture(module: Any, args: Any, output: Tensor) -> Tensor:
+        if not output.requires_grad:  # frozen embeddings: the gradient at e is still wanted
+            output = output.detach().requires_grad_()
+        captured.append(output)
+        return output
+
+    handle = embeddings.register_forward_hook(capture)
+    try:
+        logits = model(batch["input_ids"], batch["padding_mask"]).logits  # (B, C)
+    finally:
+        handle.remove()
+    clean = loss_of(logits)
+    (grad,) = torch.autograd.grad(clean, captured[0], retain_graph=True)  # (B, T, D)
+    norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]  # (B, 1, 1)
+    shift = (eps * grad / norms).detach()
+    handle = embeddings.register_forward_hook(lambda module, args, output: output + shift)
+    try:
+        adversarial = loss_of(model(batch["input_ids"], batch["padding_mask"]).logits)
+    finally:
+        handle.remove()
+    return clean, logits, adversarial
 
 
 class ClassificationModule(TaskModule):
@@ -64,13 +102,21 @@ class ClassificationModule(TaskModule):
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
+    def _cross_entropy(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        return F.cross_entropy(logits.float(), labels, self.class_weights, label_smoothing=label_smoothing)
+
     def _loss(self, batch: dict[str, Any], label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
         logits = self(batch["input_ids"], batch["padding_mask"])
-        loss = F.cross_entropy(logits.float(), batch["labels"], self.class_weights, label_smoothing=label_smoothing)
-        return loss, logits
+        return self._cross_entropy(logits, batch["labels"], label_smoothing), logits
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, logits = self._loss(batch, self.loss_settings.label_smoothing)
+        smoothing, eps = self.loss_settings.label_smoothing, self.loss_settings.adversarial_eps
+        if eps > 0:
+            loss_of = partial(self._cross_entropy, labels=batch["labels"], label_smoothing=smoothing)
+            loss, logits, adversarial = adversarial_loss(self.model, batch, loss_of, eps)
+            self.log("train/adversarial_loss", adversarial)
+        else:
+            loss, logits = self._loss(batch, smoothing)
         self.log("train/loss", loss)
         self.log("loss", loss, prog_bar=True, logger=False)
         self.log("train/acc", (logits.argmax(-1) == batch["labels"]).float().mean())
@@ -79,7 +125,7 @@ class ClassificationModule(TaskModule):
             masked_loss = self.auxiliary.labelled_loss(ids, batch["padding_mask"], labels)[0]
             self.log("train/mlm_loss", masked_loss)
             loss = loss + self.loss_settings.mlm_weight * masked_loss
-        return loss
+        return loss + adversarial if eps > 0 else loss
 
     def _eval_step(self, batch: dict[str, Any], metrics: MetricCollection, split: str) -> None:
         loss, logits = self._loss(batch)

@@ -263,12 +263,29 @@ def test_label_smoothing_reaches_the_training_loss(run_cli, tmp_path, pretrained
     assert first_loss[0.3] != pytest.approx(first_loss[0.0], rel=1e-4), first_loss
 
 
+def test_adversarial_training_adds_its_loss_to_an_unchanged_clean_loss(run_cli, tmp_path, pretrained):
+    logged = {}
+    for eps in (0.0, 0.5):  # the same seed, weights and first batch; the clean pass comes first in both
+        run_dir = tmp_path / f"adv{eps}"
+        run_cli("finetune", f"pretrained={pretrained}", *FT, "trainer.max_steps=1", f"task.adversarial_eps={eps}",
+                f"hydra.run.dir={run_dir}")  # fmt: skip
+        logged[eps] = scalars(run_dir)
+    assert logged[0.5]["train/loss"][0][1] == pytest.approx(logged[0.0]["train/loss"][0][1], rel=1e-6)
+    assert "train/adversarial_loss" not in logged[0.0]
+    assert 0 < logged[0.5]["train/adversarial_loss"][0][1] < 20
+
+
 @pytest.mark.parametrize(
-    "value, message",
-    [("1.0", "task.label_smoothing=1.0 must be in [0, 1)"), ("x", "task.label_smoothing must be int or float")],
+    "override, message",
+    [
+        ("task.label_smoothing=1.0", "task.label_smoothing=1.0 must be in [0, 1)"),
+        ("task.label_smoothing=x", "task.label_smoothing must be int or float"),
+        ("task.adversarial_eps=-0.5", "task.adversarial_eps=-0.5 must be ≥ 0 (0: no adversarial training)"),
+        ("task.adversarial_eps=big", "task.adversarial_eps must be int or float"),
+    ],
 )
-def test_bad_label_smoothing_is_one_line(run_cli, pretrained, value, message):
-    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, f"task.label_smoothing={value}", check=False)
+def test_bad_loss_option_is_one_line(run_cli, pretrained, override, message):
+    proc = run_cli("finetune", f"pretrained={pretrained}", *FT, override, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: {message}"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

@@ -1,6 +1,9 @@
-"""Fine-tuning controls of ClassificationModule: layer-wise LR, gradual unfreezing, class weights, label smoothing."""
+"""Fine-tuning controls of ClassificationModule: layer-wise LR, gradual unfreezing, class weights, label smoothing,
+adversarial training."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 import pytest
@@ -16,10 +19,11 @@ from attnfit.models import (
     auxiliary_mlm,
     prepare_for_finetuning,
 )
+from attnfit.models.classifier import pool
 from attnfit.models.finetuning import layer_groups
 from attnfit.pretrained import ModelRecord
 from attnfit.training.callbacks import GradualUnfreezing
-from attnfit.training.classification_module import ClassificationLoss, ClassificationModule
+from attnfit.training.classification_module import ClassificationLoss, ClassificationModule, adversarial_loss
 from attnfit.training.module import Optimization
 
 MODEL = ModelConfig.from_dict(
@@ -37,7 +41,11 @@ SCHED = {"name": "constant", "warmup_steps": 0}
 
 
 def module(
-    class_weights: list[float] | None = None, mlm_weight: float = 0.0, label_smoothing: float = 0.0, **finetune
+    class_weights: list[float] | None = None,
+    mlm_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+    adversarial_eps: float = 0.0,
+    **finetune: Any,
 ) -> ClassificationModule:
     """A classifier prepared for fine-tuning as attnfit.tasks.classification does it."""
     model = SequenceClassifier(ModelConfig.from_dict(MODEL), ClassifierConfig.from_dict(CLASSIFIER))
@@ -48,7 +56,7 @@ def module(
         plan.head += [p for p in auxiliary.head.parameters() if id(p) not in shared]
     optimization = Optimization(OPT, SCHED, 10, plan.layers, plan.head, plan.layer_lr_decay, plan.head_lr)
     record = ModelRecord("classification", MODEL, "", head_config=CLASSIFIER, label_names=["no", "yes"])
-    loss = ClassificationLoss(class_weights=class_weights, label_smoothing=label_smoothing, mlm_weight=mlm_weight)
+    loss = ClassificationLoss(class_weights, label_smoothing, mlm_weight, adversarial_eps)
     return ClassificationModule(model, record, optimization, loss, auxiliary)
 
 
@@ -158,3 +166,44 @@ def test_auxiliary_mlm_loss_joins_the_task_loss_and_its_head_trains_but_is_not_s
     L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(m, DataLoader([batch, batch], batch_size=None))  # fmt: skip
     assert all(not torch.equal(a, b) for a, b in zip(before, transform, strict=True))
+
+
+def test_adversarial_loss_moves_each_example_eps_along_its_gradient_as_a_float64_reference():
+    torch.manual_seed(0)
+    m = module(class_weights=[0.25, 4.0], label_smoothing=0.1, adversarial_eps=0.7).double().eval()
+    batch = next(iter(batches()))
+    batch["padding_mask"][0, 9:] = True  # a padded row: its padding gets no gradient, hence no shift
+    model, labels = m.model, batch["labels"]
+    weights = torch.tensor([0.25, 4.0], dtype=torch.float64)
+
+    def loss_at(e: torch.Tensor) -> torch.Tensor:  # the classifier from its embedding output on, written out
+        hidden, _ = model.backbone.encoder(e, batch["padding_mask"])
+        logits = model.head(pool(hidden, batch["padding_mask"], "mean")[0])
+        return F.cross_entropy(logits, labels, weights, label_smoothing=0.1)
+
+    e = model.backbone.embeddings(batch["input_ids"]).detach().requires_grad_()
+    clean = loss_at(e)
+    (g,) = torch.autograd.grad(clean, e)
+    shift = 0.7 * g / g.flatten(1).norm(dim=1)[:, None, None]  # (B, T, D), L2 norm 0.7 per example
+    assert shift[0, 9:].abs().max() == 0
+    loss_of = lambda logits: F.cross_entropy(logits, labels, weights, label_smoothing=0.1)  # noqa: E731
+    got = adversarial_loss(model, batch, loss_of, 0.7)
+    torch.testing.assert_close(got[0], clean)
+    torch.testing.assert_close(got[2], loss_at(e.detach() + shift))
+    assert got[2] > clean  # uphill: the worst nearby inputs cost more
+    m.float()  # the module's own step: its clean and adversarial losses, summed
+    clean32, _, adversarial32 = adversarial_loss(model, batch, lambda x: m._cross_entropy(x, labels, 0.1), 0.7)
+    torch.testing.assert_close(m.training_step(batch, 0), clean32 + adversarial32)
+
+
+def test_adversarial_training_trains_and_works_with_frozen_embeddings():
+    torch.manual_seed(0)
+    m = module(adversarial_eps=0.02, freeze_embeddings=True)  # small against these embeddings' norm, ~0.3 a row
+    rows = [{**row, "labels": (row["input_ids"].float().mean() > 18.5).long()} for row in batches().dataset]
+    batch = next(iter(DataLoader(rows, batch_size=len(rows))))
+    before = m._loss(batch)[0].item()
+    frozen = m.model.backbone.embeddings.token.weight.detach().clone()
+    L.Trainer(max_steps=48, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(m, DataLoader(rows, batch_size=8, shuffle=True))  # fmt: skip
+    assert m.eval()._loss(batch)[0].item() < before - 0.05
+    assert torch.equal(frozen, m.model.backbone.embeddings.token.weight)  # still frozen: only e's gradient was taken
