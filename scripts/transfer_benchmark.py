@@ -36,7 +36,9 @@ it selects its best checkpoint by validation macro-F1 and scores the test split 
 ``metrics.json``). ``--select KEY=V1,V2`` tunes one override per set and variant without touching the test split:
 seed 0 runs every value, the value with the best validation macro-F1 runs the other seeds, and only the chosen
 runs enter the table (so pretrained and from-scratch each get their own best learning rate, say).
-``--select-seeds K`` chooses on the mean over seeds 0..K-1 instead, for a choice less at the mercy of one seed.
+``--select-seeds K`` chooses on the mean over seeds 0..K-1 instead, for a choice less at the mercy of one seed;
+``--select-margin sd`` keeps the first value listed unless another beats its mean by more than the seeds' own spread
+(the larger standard deviation of the two), so a tie within the noise does not move the setting.
 ``--pretrain-task-text`` (when the benchmark pretrains) adds the chosen sets' training sentences, without their labels,
 to the pretraining corpus (task-adaptive pretraining, Gururangan et al. 2020): ``OUT/data/task-text.txt``, listed in
 ``data.train`` after the corpus of ``--pretrain-args``; no validation or test sentence is in it.
@@ -471,6 +473,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--select chooses on the mean over seeds 0..K-1 of every combination (default 1: seed 0 alone)",
     )
     parser.add_argument(
+        "--select-margin",
+        choices=("none", "sd"),
+        default="none",
+        help="sd: keep the first value of --select unless another's mean beats it by more than the larger standard "
+        "deviation over the seeds of the two (needs --select-seeds ≥ 2); none: the best mean wins",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a few minutes on 2 cores: 1 seed, short pretraining on the embedded corpus (without --pretrained), "
@@ -494,6 +503,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--seeds must be ≥ 1")
     if not 1 <= args.select_seeds <= args.seeds:
         parser.error(f"--select-seeds must be between 1 and --seeds ({args.seeds}), got {args.select_seeds}")
+    if args.select_margin == "sd" and args.select_seeds < 2:
+        parser.error("--select-margin sd needs a spread to compare with: give --select-seeds 2 or more")
     if args.pretrain_task_text and args.pretrained:
         parser.error("--pretrain-task-text changes the pretraining, which --pretrained skips")
     args.loaded_settings = load_settings(args.settings) if args.settings else {}  # args.settings stays the path
@@ -548,7 +559,9 @@ def pretrain_once(out: Path, pretrain_args: str, extra: tuple[str, ...] = ()) ->
 
 def select_on_validation(job: Job, grid: list[list[str]], runs: list[dict], total: int) -> dict:
     """Fine-tunes seeds 0..K-1 (``--select-seeds``) of every combination in ``grid``, appending the runs to
-    ``runs``; returns the choice: the combination with the best mean ``--select-metric``, and every mean."""
+    ``runs``; returns the choice: the combination with the best mean ``--select-metric`` (with ``--select-margin
+    sd``, only if it beats the first combination by more than either's standard deviation over the seeds), and every
+    mean."""
     name, variant, args = job.name, job.variant, job.args
     trials: list[list[dict]] = [[] for _ in grid]
     for selected, trial in zip(grid, trials, strict=True):
@@ -557,8 +570,15 @@ def select_on_validation(job: Job, grid: list[list[str]], runs: list[dict], tota
             trial.append(finetune(job, seed, selected))
             runs.append(trial[-1])
     metric = args.select_metric
-    scores = [statistics.mean(r.get("metrics", {}).get(metric, float("-inf")) for r in trial) for trial in trials]
+    values = [[r.get("metrics", {}).get(metric, float("-inf")) for r in trial] for trial in trials]
+    scores = [statistics.mean(v) for v in values]
     best = max(range(len(grid)), key=scores.__getitem__)
+    if args.select_margin == "sd" and best != 0:
+        spread = max(statistics.stdev(values[0]), statistics.stdev(values[best]))
+        if not scores[best] - scores[0] > spread:
+            print(f"  {name} {variant}: {' '.join(grid[best])} leads by {scores[best] - scores[0]:.4f}, within the "
+                  f"seeds' spread ({spread:.4f}); the first value stays")  # fmt: skip
+            best = 0
     for i, trial in enumerate(trials):
         for run in trial:
             run["not_chosen"] = i != best

@@ -222,6 +222,35 @@ def test_select_seeds_chooses_on_the_mean_over_the_first_seeds(tb, toy_data, tmp
     assert "--select-seeds must be between 1 and --seeds (3), got 4" in capsys.readouterr().err
 
 
+def test_select_margin_keeps_the_first_value_when_the_lead_is_within_the_seeds_spread(
+    tb, toy_data, tmp_path, monkeypatch, capsys
+):
+    # Each mean leads the first value's (0.80): 3e-3 by 0.02 with seeds spread by 0.057; 1e-2 by 0.05 with 0.014.
+    val_f1 = {"1e-3": (0.80, 0.80), "3e-3": (0.78, 0.86), "1e-2": (0.84, 0.86)}
+
+    def fake(job, seed, selected=()):
+        lr = selected[0].split("=")[1]
+        metrics = {"val/f1": val_f1[lr][seed] if seed < 2 else 0.0, "test/acc": 0.5}
+        return {"set": job.name, "variant": job.variant, "seed": seed, "seconds": 1.0, "metrics": metrics}
+
+    monkeypatch.setattr(tb, "finetune", fake)
+    argv = [f"--data={toy_data}", "--sets=cr", "--seeds=2", "--variants=pretrained", "--pretrained=/nowhere",
+            f"--out={tmp_path}", "--select-seeds=2"]  # fmt: skip
+
+    def chosen(*extra: str) -> list[str]:
+        return tb.main([*argv, *extra])["selections"]["cr"]["pretrained"]["chosen"]
+
+    assert chosen("--select", "optimizer.lr=1e-3,3e-3") == ["optimizer.lr=3e-3"]  # the best mean, by default
+    assert chosen("--select", "optimizer.lr=1e-3,3e-3", "--select-margin=sd") == ["optimizer.lr=1e-3"]
+    assert "optimizer.lr=3e-3 leads by 0.0200, within the seeds' spread (0.0566); the first value stays" in (
+        capsys.readouterr().out
+    )
+    assert chosen("--select", "optimizer.lr=1e-3,1e-2", "--select-margin=sd") == ["optimizer.lr=1e-2"]
+    with pytest.raises(SystemExit):
+        tb.main([*argv, "--select", "optimizer.lr=1e-3,3e-3", "--select-margin=sd", "--select-seeds=1"])
+    assert "--select-margin sd needs a spread to compare with: give --select-seeds 2 or more" in capsys.readouterr().err
+
+
 def test_pretrain_task_text_adds_the_training_sentences_only(tb, toy_data, tmp_path, monkeypatch, capsys):
     from attnfit.cli import compose_config
 
