@@ -116,7 +116,7 @@ class ClassificationModule(TaskModule):
             loss, logits, adversarial = adversarial_loss(self.model, batch, loss_of, eps)
             self.log("train/adversarial_loss", adversarial)
         else:
-            loss, logits = self._loss(batch, smoothing)
+            (loss, logits), adversarial = self._loss(batch, smoothing), None
         self.log("train/loss", loss)
         self.log("loss", loss, prog_bar=True, logger=False)
         self.log("train/acc", (logits.argmax(-1) == batch["labels"]).float().mean())
@@ -125,7 +125,7 @@ class ClassificationModule(TaskModule):
             masked_loss = self.auxiliary.labelled_loss(ids, batch["padding_mask"], labels)[0]
             self.log("train/mlm_loss", masked_loss)
             loss = loss + self.loss_settings.mlm_weight * masked_loss
-        return loss + adversarial if eps > 0 else loss
+        return loss if adversarial is None else loss + adversarial
 
     def _eval_step(self, batch: dict[str, Any], metrics: MetricCollection, split: str) -> None:
         loss, logits = self._loss(batch)
