@@ -275,6 +275,34 @@ def test_adversarial_training_adds_its_loss_to_an_unchanged_clean_loss(run_cli, 
     assert 0 < logged[0.5]["train/adversarial_loss"][0][1] < 20
 
 
+# Biases that shift all of a softmax's inputs alike (attention keys, pooling scores): their exact gradient is zero.
+SHIFT_INVARIANT = ("k_proj.bias", "pooler.score.bias")
+
+
+def test_adversarial_training_under_ddp_matches_one_process(run_cli, tmp_path, pretrained):
+    """2 processes × batch 4 (gloo) against 1 process × batch 8: each example's perturbation is normalised on its
+    own, so the 1/B of the batch mean cancels and the averaged gradients give the same steps."""
+    exact = [o for o in FT if not o.startswith(("data.batch_size", "trainer.max_steps"))]
+    exact += ["data.shuffle=false", "task.dropout=0", "trainer.max_steps=3", "task.adversarial_eps=0.5"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run_cli("finetune", f"pretrained={pretrained}", *exact, "data.batch_size=8", f"hydra.run.dir={single}")
+    run_cli("finetune", f"pretrained={pretrained}", *exact, "trainer=ddp_cpu", "data.batch_size=4",
+            f"hydra.run.dir={ddp}")  # fmt: skip
+    a = torch.load(single / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 3
+    moved = 0.0
+    source = load_artifact(pretrained).state_dict
+    for key, value in a["state_dict"].items():
+        if key.endswith(SHIFT_INVARIANT):  # a softmax's inputs shifted alike: zero gradient, Adam steps on noise
+            continue
+        torch.testing.assert_close(b["state_dict"][key], value, atol=1e-4, rtol=1e-4, msg=key)
+        if key.removeprefix("model.") in source:
+            moved = max(moved, (value - source[key.removeprefix("model.")]).abs().max().item())
+    assert moved > 1e-3  # the steps changed the pretrained weights: the comparison is not of two untouched copies
+    assert "train/adversarial_loss" in scalars(ddp)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
