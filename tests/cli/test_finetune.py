@@ -297,8 +297,8 @@ def test_adversarial_training_under_ddp_matches_one_process(run_cli, tmp_path, p
         if key.endswith(SHIFT_INVARIANT):  # a softmax's inputs shifted alike: zero gradient, Adam steps on noise
             continue
         torch.testing.assert_close(b["state_dict"][key], value, atol=1e-4, rtol=1e-4, msg=key)
-        if key.removeprefix("model.") in source:
-            moved = max(moved, (value - source[key.removeprefix("model.")]).abs().max().item())
+        if (name := key.removeprefix("model.")) in source:
+            moved = max(moved, (value - source[name]).abs().max().item())
     assert moved > 1e-3  # the steps changed the pretrained weights: the comparison is not of two untouched copies
     assert "train/adversarial_loss" in scalars(ddp)
 
