@@ -16,12 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnfit.errors import AttnfitError, CheckpointError
+from attnfit.errors import AttnfitError, CheckpointError, ConfigError, check_choice
 
 FORMAT_VERSION = 2  # 2: head_config (was classifier_config); every task's fields are named, none free-form
 CHECKPOINT_KEY = "attnfit"  # where a Lightning checkpoint keeps the record
 EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 EXPORT_TARGET_TOKENIZER = "target_tokenizer.json"  # seq2seq with a separate target vocabulary only
+# A run that kept a weight average (callbacks/extra=ema or swa) holds two models: the average, which is the run's
+# model (its validation, export and serving), and the optimiser's own weights (Lightning's current_model_state).
+WEIGHTS = ("average", "trained")
 
 
 _ON_DISK = {"tokenizer_json": "tokenizer", "target_tokenizer_json": "target_tokenizer"}
@@ -189,17 +192,27 @@ def newest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, list[str]]:
     raise CheckpointError(f"no loadable checkpoint in {directory}{found}")
 
 
-def load_artifact(path: str | Path) -> Artifact:
+def load_artifact(path: str | Path, weights: str = "average") -> Artifact:
     """Read a run directory, ``.ckpt`` file or exported directory; never unpickles arbitrary objects.
 
-    ``hf:NAME`` or a directory in Hugging Face's format is imported (BERT, GPT-2; see :mod:`attnfit.hf`)."""
+    ``hf:NAME`` or a directory in Hugging Face's format is imported (BERT, GPT-2; see :mod:`attnfit.hf`).
+    ``weights="trained"`` takes the optimiser's own weights from a checkpoint of a run that kept a weight average
+    (``"average"``, the default, takes the run's model); in any other checkpoint the two are the same weights."""
     from attnfit.hf import import_hf, is_hf_source
     from attnfit.training.sharding import consolidate, is_sharded_checkpoint
 
-    if is_hf_source(path):
+    check_choice("pretrained_weights", weights, WEIGHTS)
+    hf = is_hf_source(path)
+    path = path if hf else resolve_checkpoint(path)
+    exported = hf or (path.is_dir() and not is_sharded_checkpoint(path))
+    if exported and weights == "trained":
+        raise ConfigError(
+            f"pretrained_weights=trained needs a checkpoint (a run directory or .ckpt); {path} is an exported model "
+            "with one set of weights"
+        )
+    if hf:
         return import_hf(path)
-    path = resolve_checkpoint(path)
-    if path.is_dir() and not is_sharded_checkpoint(path):
+    if exported:
         return _load_export(path)
     try:
         if path.is_dir():  # trainer=fsdp's sharded checkpoint: a file per rank, read back as one
@@ -211,7 +224,8 @@ def load_artifact(path: str | Path) -> Artifact:
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise CheckpointError(f"{path} is not an attnfit checkpoint (it has no '{CHECKPOINT_KEY}' metadata)")
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    key = "current_model_state" if weights == "trained" and "current_model_state" in checkpoint else "state_dict"
+    state = {k.removeprefix("model."): v for k, v in checkpoint[key].items() if k.startswith("model.")}
     return Artifact(ModelRecord.from_dict(meta, path), state, path)
 
 

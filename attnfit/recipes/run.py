@@ -72,9 +72,10 @@ def _run(
             "pretrained=PATH is required: a run directory (as printed by attnfit-train), a .ckpt file or an "
             "exported model directory"
         )
-    pretrained = load_artifact(cfg.pretrained) if cfg.get("pretrained") else None
+    weights = cfg.get("pretrained_weights", "average")
+    pretrained = load_artifact(cfg.pretrained, weights) if cfg.get("pretrained") else None
     if pretrained is not None:
-        log.info("pretrained: %s (%s)", pretrained.source, pretrained.task)
+        log.info("pretrained: %s (%s, %s weights)", pretrained.source, pretrained.task, weights)
     check_common(cfg)
     task.check(cfg, pretrained)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from attnfit.cli import check_not_a_search
+from attnfit.errors import ConfigError
+from attnfit.pretrained import export, load_artifact
 from tests.conftest import TINY
 
 
@@ -147,6 +149,26 @@ def test_an_ema_callback_from_config_saves_the_average_and_an_optimizer_by_targe
     assert set(last["optimizer_states"][0]["state"][0]) == {"step", "square_avg"}
     groups = last["optimizer_states"][0]["param_groups"]
     assert len(groups) == 2 and groups[0]["alpha"] == 0.9
+
+    # Fine-tuning starts from the average by default, from the trained weights with pretrained_weights=trained
+    # (frozen embeddings: the fine-tuned run still holds exactly the weights it started from).
+    key = "backbone.embeddings.token.weight"
+    average, trained = last["state_dict"][f"model.{key}"], last["current_model_state"][f"model.{key}"]
+    assert not torch.equal(average, trained)
+    for weights, expected in (("average", average), ("trained", trained)):
+        tuned = tmp_path / weights
+        run_cli(
+            "finetune", f"pretrained={run_dir / 'checkpoints' / 'last.ckpt'}", f"pretrained_weights={weights}",
+            "finetune.freeze_embeddings=true", "data.seq_len=32", "trainer.max_steps=2", "callbacks.progress_bar=none",
+            "callbacks.heatmaps=0", f"hydra.run.dir={tuned}",
+        )  # fmt: skip
+        assert torch.equal(load_artifact(tuned).state_dict[key], expected), weights
+    proc = run_cli("finetune", f"pretrained={run_dir}", "pretrained_weights=raw", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "unknown pretrained_weights 'raw'; valid choices: average, trained" in proc.stderr
+    exported = export(load_artifact(run_dir), tmp_path / "exported")  # one set of weights: trained is refused
+    with pytest.raises(ConfigError, match="pretrained_weights=trained needs a checkpoint"):
+        load_artifact(exported, "trained")
 
 
 @pytest.mark.parametrize(
