@@ -207,8 +207,8 @@ def load_artifact(path: str | Path, weights: str = "average") -> Artifact:
     exported = hf or (path.is_dir() and not is_sharded_checkpoint(path))
     if exported and weights == "trained":
         raise ConfigError(
-            f"pretrained_weights=trained needs a checkpoint (a run directory or .ckpt); {path} is an exported model "
-            "with one set of weights"
+            f"pretrained_weights=trained needs a checkpoint (a run directory or .ckpt); {path} is an exported or "
+            "Hugging Face model, with one set of weights"
         )
     if hf:
         return import_hf(path)

@@ -120,14 +120,25 @@ def test_every_logger_gets_metrics_final_hparams_the_config_and_heat_maps(run_cl
     assert again.data.params["trainer.max_steps"] == "6" and again.data.metrics["final/step"] == 9
 
 
-def test_an_ema_callback_from_config_saves_the_average_and_an_optimizer_by_target_trains(run_cli, tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli(
-        "train", *TINY, "trainer.max_steps=4", "trainer.val_check_interval=4", "callbacks/extra=ema",
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory, cache_dir) -> Path:
+    """A tiny MLM run with an EMA callback (decay 0.5), a checkpoint every step, and RMSprop by ``_target_``."""
+    from tests.conftest import cli_env, python_m
+
+    run_dir = tmp_path_factory.mktemp("ema") / "run"
+    args = [
+        *TINY, "trainer.max_steps=4", "trainer.val_check_interval=4", "callbacks/extra=ema",
         "callbacks.extra.ema.decay=0.5", "callbacks.checkpoint.every_n_steps=1", "callbacks.checkpoint.keep_last_k=4",
         "optimizer=custom", "optimizer._target_=torch.optim.RMSprop", "+optimizer.alpha=0.9", "optimizer.lr=0.01",
         f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
+    ]  # fmt: skip
+    proc = python_m("attnfit.train", args, run_dir.parent, cli_env(cache_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_an_ema_callback_from_config_saves_the_average_and_an_optimizer_by_target_trains(ema_run):
+    run_dir = ema_run
     steps = [torch.load(run_dir / "checkpoints" / f"step{s:06d}.ckpt", weights_only=True) for s in (1, 2, 3, 4)]
     floats = [k for k, v in steps[0]["state_dict"].items() if v.is_floating_point()]
     # state_dict holds the average, current_model_state the trained weights; EMA: a_1 = w_1, a_k = ½ a_(k-1) + ½ w_k
@@ -150,8 +161,13 @@ def test_an_ema_callback_from_config_saves_the_average_and_an_optimizer_by_targe
     groups = last["optimizer_states"][0]["param_groups"]
     assert len(groups) == 2 and groups[0]["alpha"] == 0.9
 
-    # Fine-tuning starts from the average by default, from the trained weights with pretrained_weights=trained
-    # (frozen embeddings: the fine-tuned run still holds exactly the weights it started from).
+
+def test_fine_tuning_starts_from_the_average_or_with_pretrained_weights_trained_the_trained_weights(
+    run_cli, tmp_path, ema_run
+):
+    """Frozen embeddings: the fine-tuned run still holds exactly the embeddings it started from."""
+    run_dir = ema_run
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     key = "backbone.embeddings.token.weight"
     average, trained = last["state_dict"][f"model.{key}"], last["current_model_state"][f"model.{key}"]
     assert not torch.equal(average, trained)
