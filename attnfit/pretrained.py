@@ -192,22 +192,23 @@ def newest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, list[str]]:
     raise CheckpointError(f"no loadable checkpoint in {directory}{found}")
 
 
-def load_artifact(path: str | Path, weights: str = "average") -> Artifact:
+def load_artifact(path: str | Path, weights: str = "average", key: str = "weights") -> Artifact:
     """Read a run directory, ``.ckpt`` file or exported directory; never unpickles arbitrary objects.
 
     ``hf:NAME`` or a directory in Hugging Face's format is imported (BERT, GPT-2; see :mod:`attnfit.hf`).
     ``weights="trained"`` takes the optimiser's own weights from a checkpoint of a run that kept a weight average
-    (``"average"``, the default, takes the run's model); in any other checkpoint the two are the same weights."""
+    (``"average"``, the default, takes the run's model); in any other checkpoint the two are the same weights.
+    ``key`` is the option's name in errors."""
     from attnfit.hf import import_hf, is_hf_source
     from attnfit.training.sharding import consolidate, is_sharded_checkpoint
 
-    check_choice("pretrained_weights", weights, WEIGHTS)
+    check_choice(key, weights, WEIGHTS)
     hf = is_hf_source(path)
     path = path if hf else resolve_checkpoint(path)
     exported = hf or (path.is_dir() and not is_sharded_checkpoint(path))
     if exported and weights == "trained":
         raise ConfigError(
-            f"pretrained_weights=trained needs a checkpoint (a run directory or .ckpt); {path} is an exported or "
+            f"{key}=trained needs a checkpoint (a run directory or .ckpt); {path} is an exported or "
             "Hugging Face model, with one set of weights"
         )
     if hf:
@@ -224,8 +225,8 @@ def load_artifact(path: str | Path, weights: str = "average") -> Artifact:
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise CheckpointError(f"{path} is not an attnfit checkpoint (it has no '{CHECKPOINT_KEY}' metadata)")
-    key = "current_model_state" if weights == "trained" and "current_model_state" in checkpoint else "state_dict"
-    state = {k.removeprefix("model."): v for k, v in checkpoint[key].items() if k.startswith("model.")}
+    held = "current_model_state" if weights == "trained" and "current_model_state" in checkpoint else "state_dict"
+    state = {k.removeprefix("model."): v for k, v in checkpoint[held].items() if k.startswith("model.")}
     return Artifact(ModelRecord.from_dict(meta, path), state, path)
 
 

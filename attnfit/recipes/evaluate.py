@@ -51,8 +51,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("checkpoint=PATH is required: a run directory, a .ckpt file or an exported model")
     check_option_types(cfg)
     check_counts(cfg)
-    artifact = load_artifact(cfg.checkpoint)
-    out = output_file(cfg.out if cfg.get("out") else default_output(artifact, cfg.split), "out")
+    weights = str(cfg.get("weights") or "average")
+    artifact = load_artifact(cfg.checkpoint, weights)
+    out = output_file(cfg.out if cfg.get("out") else default_output(artifact, cfg.split, weights), "out")
     job = job_config(cfg, artifact)
     task = get_task(artifact.task)
     fix = "give its own kind of data=, or leave data= out for the data it was trained on"
@@ -72,6 +73,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = {key.removeprefix("test/"): float(value) for key, value in results.items()}
 
     title = f"{artifact.task} · {artifact.source} · split {cfg.split} ({len(splits[cfg.split])} rows)"
+    if weights != "average":
+        title += f" · {weights} weights"
     notes = task.evaluation_notes(module)
     if "decode" in notes:
         title += f" · beam {notes['decode']['beam_size']}"
@@ -83,6 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     Console().print(table)
     record: dict[str, Any] = {
         "checkpoint": str(artifact.source),
+        "weights": weights,
         "split": cfg.split,
         "rows": len(splits[cfg.split]),
         "metrics": metrics,
@@ -93,6 +97,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def default_output(artifact: Artifact, split: str) -> Path:
-    """``RUN_DIR/eval/<split>.json`` beside the checkpoint's run (or the export directory)."""
-    return artifact.run_dir() / "eval" / f"{split}.json"
+def default_output(artifact: Artifact, split: str, weights: str = "average") -> Path:
+    """``RUN_DIR/eval/<split>.json`` beside the checkpoint's run (or the export directory); ``<split>-trained.json``
+    for the trained weights of a run that kept a weight average."""
+    return artifact.run_dir() / "eval" / (f"{split}.json" if weights == "average" else f"{split}-{weights}.json")

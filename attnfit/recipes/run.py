@@ -73,7 +73,7 @@ def _run(
             "exported model directory"
         )
     weights = cfg.get("pretrained_weights", "average")
-    pretrained = load_artifact(cfg.pretrained, weights) if cfg.get("pretrained") else None
+    pretrained = load_artifact(cfg.pretrained, weights, "pretrained_weights") if cfg.get("pretrained") else None
     if pretrained is not None:
         log.info("pretrained: %s (%s, %s weights)", pretrained.source, pretrained.task, weights)
     check_common(cfg)

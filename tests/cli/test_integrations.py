@@ -184,7 +184,29 @@ def test_fine_tuning_starts_from_the_average_or_with_pretrained_weights_trained_
     assert "unknown pretrained_weights 'raw'; valid choices: average, trained" in proc.stderr
     exported = export(load_artifact(run_dir), tmp_path / "exported")  # one set of weights: trained is refused
     with pytest.raises(ConfigError, match="pretrained_weights=trained needs a checkpoint"):
-        load_artifact(exported, "trained")
+        load_artifact(exported, "trained", "pretrained_weights")
+
+
+def test_eval_and_export_take_the_trained_weights_when_asked(run_cli, tmp_path, ema_run):
+    from safetensors.torch import load_file
+
+    checkpoint = ema_run / "checkpoints" / "last.ckpt"
+    last = torch.load(checkpoint, weights_only=True)
+    losses = {}
+    for weights in ("average", "trained"):
+        run_cli("export", f"checkpoint={checkpoint}", f"weights={weights}", f"out={tmp_path / weights}")
+        held = "state_dict" if weights == "average" else "current_model_state"
+        exported = load_file(tmp_path / weights / "model.safetensors")
+        for key, value in exported.items():
+            assert torch.equal(value, last[held][f"model.{key}"]), (weights, key)
+        run_cli("eval", f"checkpoint={checkpoint}", "split=validation", f"weights={weights}")
+        name = "validation.json" if weights == "average" else "validation-trained.json"  # neither overwrites the other
+        record = json.loads((ema_run / "eval" / name).read_text())
+        assert record["weights"] == weights
+        losses[weights] = record["metrics"]["loss"]
+    assert losses["average"] != losses["trained"], losses
+    proc = run_cli("eval", f"checkpoint={tmp_path / 'trained'}", "weights=trained", check=False)
+    assert proc.returncode == 2 and "weights=trained needs a checkpoint" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(
