@@ -72,7 +72,7 @@ def _run(
             "pretrained=PATH is required: a run directory (as printed by attnfit-train), a .ckpt file or an "
             "exported model directory"
         )
-    weights = cfg.get("pretrained_weights", "average")
+    weights = str(cfg.get("pretrained_weights") or "average")
     pretrained = load_artifact(cfg.pretrained, weights, "pretrained_weights") if cfg.get("pretrained") else None
     if pretrained is not None:
         log.info("pretrained: %s (%s, %s weights)", pretrained.source, pretrained.task, weights)
