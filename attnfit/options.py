@@ -31,6 +31,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
 # mistake is named instead of surfacing as a traceback deep inside a library.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
+    "data_seed": (int,),
     "compile": (bool,),
     "flush_denormal": (bool,),
     "data.batch_size": (int,),

@@ -32,9 +32,10 @@ def check_common(cfg: DictConfig) -> None:
 def check_run_options(cfg: DictConfig) -> None:
     """Seed, sweep objective and callback settings that a typo would otherwise turn into a traceback or silently
     into something else (an unknown progress bar into Lightning's own, ``optimized_mode=up`` into min)."""
-    seed = cfg.get("seed")
-    if seed is not None and not 0 <= seed < 2**32:
-        raise ConfigError(f"seed={seed} must be from 0 to {2**32 - 1}")
+    for key in ("seed", "data_seed"):
+        seed = cfg.get(key)
+        if seed is not None and not 0 <= seed < 2**32:
+            raise ConfigError(f"{key}={seed} must be from 0 to {2**32 - 1}")
     check_choice("optimized_mode", cfg.get("optimized_mode", "min"), ("min", "max"))
     callbacks = cfg.get("callbacks") or {}
     check_choice("callbacks.progress_bar", callbacks.get("progress_bar", "rich"), ("rich", "none"))

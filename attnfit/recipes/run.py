@@ -180,7 +180,7 @@ def log_memory_estimate(cfg: DictConfig, module: L.LightningModule, trainer: L.T
 # What a checkpoint has baked in: the architecture, the vocabulary, the objective, the optimizer's state and the
 # data order. A resume cannot honour a change to them, so it refuses one instead of silently keeping the old value.
 FIXED_ON_RESUME = ("model", "encoder", "attention", "decoder", "tokenizer", "task", "optimizer", "finetune", "seed",
-                   "data.seq_len", "data.packing", "data.batch_size")  # fmt: skip
+                   "data_seed", "data.seq_len", "data.packing", "data.batch_size")  # fmt: skip
 
 
 def check_resume_overrides(cfg: DictConfig, resume: Artifact) -> None:

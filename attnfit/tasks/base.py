@@ -20,9 +20,16 @@ from torch import nn
 from attnfit.pretrained import Artifact, ModelRecord
 
 
+def data_seed(cfg: DictConfig) -> int:
+    """The seed of the training data's order: ``data_seed`` where set, so runs can share their initial weights
+    (``seed``) and differ only in the order they see the data (a model soup's members), else ``seed``."""
+    seed = cfg.get("data_seed")
+    return int(cfg.seed if seed is None else seed)
+
+
 def datamodule_for(cfg: DictConfig, encoded: dict[str, Any], collator: Any, val_collator: Any = None) -> Any:
     """The run's loaders over tokenized ``encoded`` splits (train, validation, optionally test), as ``cfg.data``
-    and ``cfg.seed`` say."""
+    says, shuffled by ``cfg.data_seed`` (``cfg.seed`` where unset)."""
     from attnfit.training.datamodule import TokenizedDataModule
 
     data = cfg.data
@@ -33,7 +40,7 @@ def datamodule_for(cfg: DictConfig, encoded: dict[str, Any], collator: Any, val_
         val_collator or collator,
         int(data.batch_size),
         int(data.num_workers),
-        int(cfg.seed),
+        data_seed(cfg),
         test=encoded.get("test"),
         shuffle=bool(data.get("shuffle", True)),
     )

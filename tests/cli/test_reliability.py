@@ -275,6 +275,7 @@ def test_the_suggested_continue_command_keeps_the_schedule(stopped_at_13):
         (["encoder=lstm", "encoder.num_layer=3"], "unknown key encoder.num_layer (did you mean encoder.num_layers?)"),
         (["sed=3"], "unknown key sed (did you mean seed?); keys at the top level:"),
         (["seed=x"], "error: seed must be int, got 'x' (str)"),
+        (["data_seed=-1"], "error: data_seed=-1 must be from 0 to 4294967295"),
         (["optimizer.lr=fast"], "error: optimizer.lr must be int or float, got 'fast' (str)"),
         (["flush_denormal=maybe"], "error: flush_denormal must be bool, got 'maybe' (str)"),
         (["callbacks/extra=null"], "a config group takes one of its configs (ema, swa); for none: '~callbacks.extra'"),

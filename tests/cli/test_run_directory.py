@@ -77,7 +77,12 @@ def test_resume_refuses_overrides_it_cannot_honour(run_cli, tmp_path):
     refused in one line instead of being silently dropped (while config.yaml would claim them)."""
     run_dir = tmp_path / "run"
     run_cli("train", *TINY, f"hydra.run.dir={run_dir}")
-    for override, named in (("optimizer.lr=0.5", "optimizer"), ("tokenizer=char", "tokenizer"), ("seed=3", "seed")):
+    for override, named in (
+        ("optimizer.lr=0.5", "optimizer"),
+        ("tokenizer=char", "tokenizer"),
+        ("seed=3", "seed"),
+        ("data_seed=3", "data_seed"),
+    ):
         proc = run_cli("train", *TINY, "ckpt_path=auto", override, f"hydra.run.dir={run_dir}", check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
         assert f"cannot change {named} (" in proc.stderr and "in the checkpoint" in proc.stderr

@@ -60,3 +60,25 @@ def test_corpus_metrics_under_ddp_score_every_row_exactly_once(tmp_path):
     gathered = json.loads(out.read_text())
     assert gathered == [[0, 2, 4, 6], [1, 3, 5]]
     assert sorted(i for shard in gathered for i in shard) == list(range(7))
+
+
+def test_data_seed_changes_the_training_order_alone():
+    """``data_seed`` shuffles the training rows by itself (a soup's members share ``seed``, their initial weights);
+    unset, ``seed`` does, so earlier runs repeat; validation keeps its order."""
+    from omegaconf import OmegaConf
+
+    from attnfit.tasks.base import datamodule_for
+
+    rows = [{"input_ids": [i]} for i in range(64)]
+
+    def orders(**seeds: int | None) -> tuple[list[int], list[int]]:
+        cfg = OmegaConf.create({"data": {"batch_size": 8, "num_workers": 0}, **seeds})
+        module = datamodule_for(
+            cfg, {"train": rows, "validation": rows}, lambda batch: [r["input_ids"][0] for r in batch]
+        )
+        return [i for b in module.train_dataloader() for i in b], [i for b in module.val_dataloader() for i in b]
+
+    train, validation = orders(seed=1, data_seed=None)
+    assert orders(seed=1) == (train, validation) == orders(seed=7, data_seed=1)
+    other_train, other_validation = orders(seed=1, data_seed=2)
+    assert other_train != train and sorted(other_train) == sorted(train) and other_validation == validation
