@@ -187,12 +187,19 @@ def test_fine_tuning_starts_from_the_average_or_with_pretrained_weights_trained_
         load_artifact(exported, "trained", "pretrained_weights")
 
 
-def test_eval_and_export_take_the_trained_weights_when_asked(run_cli, tmp_path, ema_run):
+def test_eval_export_predict_and_serve_take_the_trained_weights_when_asked(run_cli, tmp_path, ema_run, monkeypatch):
+    import uvicorn
+    from omegaconf import OmegaConf
     from safetensors.torch import load_file
+
+    import attnfit.serve
+    from attnfit.recipes.serve import serve
 
     checkpoint = ema_run / "checkpoints" / "last.ckpt"
     last = torch.load(checkpoint, weights_only=True)
-    losses = {}
+    losses, texts, served = {}, {}, {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setattr(attnfit.serve, "create_app", lambda artifact, model, limits: served.update(model=model))
     for weights in ("average", "trained"):
         run_cli("export", f"checkpoint={checkpoint}", f"weights={weights}", f"out={tmp_path / weights}")
         held = "state_dict" if weights == "average" else "current_model_state"
@@ -204,7 +211,19 @@ def test_eval_and_export_take_the_trained_weights_when_asked(run_cli, tmp_path, 
         record = json.loads((ema_run / "eval" / name).read_text())
         assert record["weights"] == weights
         losses[weights] = record["metrics"]["loss"]
+        out = tmp_path / f"predict-{weights}"
+        run_cli("predict", f"checkpoint={checkpoint}", "text=the dog", f"weights={weights}", f"out={out}")
+        texts[weights] = json.loads((out / "predictions.jsonl").read_text())["generated"]
+        serve(
+            OmegaConf.merge(
+                OmegaConf.load(Path(__file__).parents[2] / "configs" / "serve.yaml"),
+                {"checkpoint": str(checkpoint), "weights": weights},
+            )
+        )
+        for key, value in served["model"].state_dict().items():
+            assert torch.equal(value, last[held][f"model.{key}"]), (weights, key)
     assert losses["average"] != losses["trained"], losses
+    assert texts["average"] != texts["trained"], texts  # the same seed, other weights
     proc = run_cli("eval", f"checkpoint={tmp_path / 'trained'}", "weights=trained", check=False)
     assert proc.returncode == 2 and "weights=trained needs a checkpoint" in proc.stderr, proc.stderr
 
