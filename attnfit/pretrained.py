@@ -192,16 +192,17 @@ def newest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, list[str]]:
     raise CheckpointError(f"no loadable checkpoint in {directory}{found}")
 
 
-def load_artifact(path: str | Path, weights: str = "average", key: str = "weights") -> Artifact:
+def load_artifact(path: str | Path, weights: str | None = "average", key: str = "weights") -> Artifact:
     """Read a run directory, ``.ckpt`` file or exported directory; never unpickles arbitrary objects.
 
     ``hf:NAME`` or a directory in Hugging Face's format is imported (BERT, GPT-2; see :mod:`attnfit.hf`).
     ``weights="trained"`` takes the optimiser's own weights from a checkpoint of a run that kept a weight average
-    (``"average"``, the default, takes the run's model); in any other checkpoint the two are the same weights.
-    ``key`` is the option's name in errors."""
+    (``"average"``, the default, or None takes the run's model); in any other checkpoint the two are the same
+    weights. ``key`` is the option's name in errors."""
     from attnfit.hf import import_hf, is_hf_source
     from attnfit.training.sharding import consolidate, is_sharded_checkpoint
 
+    weights = weights or "average"  # an option left null
     check_choice(key, weights, WEIGHTS)
     hf = is_hf_source(path)
     path = path if hf else resolve_checkpoint(path)

@@ -35,7 +35,7 @@ def export_model(cfg: DictConfig) -> Path:
             f"out={cfg.out} is a run directory; export into a directory of its own, e.g. {cfg.out}/export"
         )
     out = output_dir(cfg.out, "out")
-    artifact = load_artifact(cfg.checkpoint, str(cfg.get("weights") or "average"))
+    artifact = load_artifact(cfg.checkpoint, cfg.get("weights"))
     if fmt == "transformers":
         from attnfit.hf import transformers_target
 

@@ -64,7 +64,7 @@ def predict(cfg: DictConfig, free: dict[str, Any] | None = None) -> list[dict[st
     check_counts(cfg)
     inputs = read_inputs(cfg, free)
     out = output_dir(cfg.out, "out")
-    artifact = load_artifact(cfg.checkpoint, str(cfg.get("weights") or "average"))
+    artifact = load_artifact(cfg.checkpoint, cfg.get("weights"))
     task = get_task(artifact.task)
     given = [key for key in ("question", "context") if (free or {}).get(key) is not None or cfg.get(key) is not None]
     unread = [key for key in given if key not in task.predict_keys]

@@ -25,7 +25,7 @@ def serve(cfg: DictConfig) -> None:
     from attnfit.serve import Limits, create_app
 
     torch.set_num_threads(int(cfg.threads))
-    artifact = load_artifact(cfg.checkpoint, str(cfg.get("weights") or "average"))
+    artifact = load_artifact(cfg.checkpoint, cfg.get("weights"))
     app = create_app(artifact, build_model(artifact), Limits(**limits))
     print(f"serving {artifact.source} ({artifact.task}) on http://{cfg.host}:{port}/  (API docs: /docs)")
     uvicorn.run(app, host=str(cfg.host), port=port, log_level=str(cfg.log_level))
