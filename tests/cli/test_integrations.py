@@ -122,7 +122,7 @@ def test_every_logger_gets_metrics_final_hparams_the_config_and_heat_maps(run_cl
 
 @pytest.fixture(scope="module")
 def ema_run(tmp_path_factory, cache_dir) -> Path:
-    """A tiny MLM run with an EMA callback (decay 0.5), a checkpoint every step, and RMSprop by ``_target_``."""
+    """A tiny causal-LM run with an EMA callback (decay 0.5), a checkpoint every step, and RMSprop by ``_target_``."""
     from tests.conftest import cli_env, python_m
 
     run_dir = tmp_path_factory.mktemp("ema") / "run"
