@@ -107,12 +107,18 @@ class SaveLastOnTrainEnd(L.Callback):
         self.path = path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Rank 0 decides for all: saving is collective, and a rank that read the file after rank 0 had written it
+        # would skip the save and leave rank 0 waiting in its barrier (a DDP hang).
+        if not trainer.strategy.broadcast(self._holds_final_step(trainer)):
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer and loops, for resume
+
+    def _holds_final_step(self, trainer: L.Trainer) -> bool:
         path = Path(self.path)
-        if path.exists():
-            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step")
-            if saved == trainer.global_step:
-                return
-        trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer and loops, for resume
+        if not path.exists():
+            return False
+        return (
+            torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step") == trainer.global_step
+        )
 
 
 class UnfinishedEpochState(L.Callback):

@@ -305,3 +305,25 @@ def test_weights_with_nan_or_inf_are_never_written_as_a_checkpoint(tmp_path):
     trainer = SimpleNamespace(default_root_dir=str(tmp_path))
     assert _last_good_checkpoint(trainer) == f"{directory / 'last.ckpt'} (weights verified finite)"
     assert _last_good_checkpoint(SimpleNamespace(default_root_dir=str(tmp_path / "empty"))).startswith("none")
+
+
+def test_saving_last_at_the_end_follows_rank_zeros_decision(tmp_path):
+    """Saving is collective: every rank must save or none. A rank that reads ``last.ckpt`` just after rank 0 wrote
+    the final step would skip it and hang DDP (seen once in a fresh clone's ``trainer.strategy=ddp_spawn`` run), so
+    the decision is rank 0's, broadcast, and the file a rank sees itself does not count."""
+    from types import SimpleNamespace
+
+    from attnfit.training.callbacks import SaveLastOnTrainEnd
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"global_step": 5}, path)  # this rank sees the final step saved already
+    saved: list[str] = []
+    for rank_zero_holds_it, saves in ((False, 1), (True, 0)):
+        saved.clear()
+        trainer = SimpleNamespace(
+            global_step=5,
+            strategy=SimpleNamespace(broadcast=lambda local, held=rank_zero_holds_it: held),
+            save_checkpoint=lambda checkpoint_path, **options: saved.append(checkpoint_path),
+        )
+        SaveLastOnTrainEnd(str(path)).on_train_end(trainer, None)
+        assert len(saved) == saves
