@@ -21,7 +21,7 @@ from attnfit.errors import ConfigError, DataError, check_choice
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>", "<mask>", "<sep>", "<cls>"]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID, SEP_ID, CLS_ID = range(len(SPECIAL_TOKENS))
-TOKENIZER_KINDS = ("bpe", "wordpiece", "char")
+TOKENIZER_KINDS = ("bpe", "wordpiece", "word", "char")
 TOKENIZER_VERSION = 1  # bump when training changes, so cached tokenizers are retrained
 
 # Role -> token strings tried in order; the later ones cover common pretrained tokenizers (GPT-2, BERT, T5).
@@ -75,6 +75,19 @@ def _wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, lowerc
     return tok
 
 
+def _word(texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
+    # BERT's word splitting with no subwords: the classic word vocabulary (Kim 2014, OpenNMT-py)
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False, handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces; no word starts "##" (# is split off)
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
 def _char(texts: Iterable[str], vocab_size: int, lowercase: bool) -> Tokenizer:
     counts: Counter[str] = Counter()
     for text in texts:
@@ -103,6 +116,8 @@ def train_tokenizer(
     * ``wordpiece``: BERT-style; splits on whitespace and punctuation and puts every CJK character in its own
       word, so ``decode`` re-joins words with single spaces ("我 爱" for "我爱") and drops control characters.
       Characters never seen in training become ``<unk>``.
+    * ``word``: wordpiece's splitting without subwords: the ``vocab_size - 7`` most frequent words seen at least
+      ``min_frequency`` times; any other word becomes ``<unk>``, and ``decode`` re-joins words as wordpiece does.
     * ``char``: one token per code point, the ``vocab_size - 7`` most frequent characters seen in training
       (``min_frequency`` is ignored: rare characters are still worth a token); text made of seen characters
       round-trips exactly, including spaces and newlines, others become ``<unk>``.
@@ -117,6 +132,8 @@ def train_tokenizer(
         tok = _bpe(texts, vocab_size, min_frequency, lowercase)
     elif kind == "wordpiece":
         tok = _wordpiece(texts, vocab_size, min_frequency, lowercase)
+    elif kind == "word":
+        tok = _word(texts, vocab_size, min_frequency, lowercase)
     else:
         tok = _char(texts, vocab_size, lowercase)
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]

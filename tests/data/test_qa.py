@@ -29,7 +29,7 @@ CONTEXTS = {
 CORPUS = [text for text, _ in CONTEXTS.values()] * 3 + ["What When Where who is the capital 什么 首都 ?"] * 3
 
 
-@pytest.fixture(scope="module", params=["bpe", "wordpiece", "char"])
+@pytest.fixture(scope="module", params=["bpe", "wordpiece", "word", "char"])
 def tok(request):
     return train_tokenizer(request.param, CORPUS, vocab_size=300, min_frequency=1)
 

@@ -21,17 +21,17 @@ CORPUS = generate_lm_corpus(200, seed=0) + [CJK, "tabs\tand\nnewlines  double", 
 
 @pytest.fixture(scope="module")
 def toks():
-    return {kind: train_tokenizer(kind, CORPUS, vocab_size=600) for kind in ("bpe", "wordpiece", "char")}
+    return {kind: train_tokenizer(kind, CORPUS, vocab_size=600) for kind in ("bpe", "wordpiece", "word", "char")}
 
 
-@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "char"])
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "word", "char"])
 def test_special_tokens_fixed_and_no_post_processor(toks, kind):
     tok = toks[kind]
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(7))
     roles = ["pad", "unk", "bos", "eos", "mask", "sep", "cls"]
     assert special_token_ids(tok) == dict(zip(roles, range(7), strict=True))
     assert 7 < tok.get_vocab_size() <= 600
-    ids = tok.encode("the dog runs .", add_special_tokens=True).ids
+    ids = tok.encode("the dancer sings .", add_special_tokens=True).ids
     assert not set(ids) & set(range(7))  # no automatic bos/eos, nothing unknown
 
 
@@ -58,6 +58,19 @@ def test_wordpiece_cjk_known_and_decode_spacing(toks):
     assert UNK_ID not in ids and tok.decode(ids).replace(" ", "") == "thedogsthatthecatseesrun."
 
 
+def test_word_keeps_the_most_frequent_words_and_splits_punctuation():
+    corpus = ["the cat sat, the cat ran.", "the dog sat!", "a rare-word"]
+    tok = train_tokenizer("word", corpus, vocab_size=100, min_frequency=2)
+    assert set(tok.get_vocab()) == {*SPECIAL_TOKENS, "the", "cat", "sat"}  # the rest was seen once
+    assert tok.encode("The cat sat, a dog!").tokens == ["<unk>", "cat", "sat", "<unk>", "<unk>", "<unk>", "<unk>"]
+    assert set(train_tokenizer("word", corpus, vocab_size=8).get_vocab()) == {*SPECIAL_TOKENS, "the"}  # most frequent
+    lower = train_tokenizer("word", corpus, vocab_size=100, min_frequency=1, lowercase=True)
+    enc = lower.encode("The cat sat, a rare-word!")
+    assert enc.tokens == ["the", "cat", "sat", ",", "a", "rare", "-", "word", "!"]
+    assert lower.decode(enc.ids) == "the cat sat, a rare - word!"
+    assert lower.encode("the zebra").ids[1] == UNK_ID
+
+
 def test_char_one_token_per_char_and_unk(toks):
     tok = toks["char"]
     assert tok.encode("dog").tokens == ["d", "o", "g"]
@@ -72,7 +85,7 @@ def test_char_vocab_limit_keeps_most_frequent():
 
 
 def test_bad_kind_and_vocab_size():
-    with pytest.raises(ConfigError, match="'bytes'.*bpe, char, wordpiece"):
+    with pytest.raises(ConfigError, match="'bytes'.*bpe, char, word, wordpiece"):
         train_tokenizer("bytes", ["x"])
     with pytest.raises(ConfigError, match="263"):
         train_tokenizer("bpe", ["x"], vocab_size=100)
@@ -96,7 +109,7 @@ def test_save_load_keeps_fingerprint_and_behaviour(toks, tmp_path):
         assert tokenizer_fingerprint(loaded) == tokenizer_fingerprint(tok)
         assert loaded.encode("x <eos> y").ids == tok.encode("x <eos> y").ids
         assert Tokenizer.from_str(tok.to_str()).encode("x <eos> y").ids == tok.encode("x <eos> y").ids
-    assert len({tokenizer_fingerprint(t) for t in toks.values()}) == 3
+    assert len({tokenizer_fingerprint(t) for t in toks.values()}) == len(toks)
 
 
 def test_get_tokenizer_caches(tmp_path, monkeypatch):
@@ -145,7 +158,7 @@ def test_special_token_id_missing_role():
         special_token_id(bare, "eos")
 
 
-@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "char"])
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "word", "char"])
 def test_lowercase_tokenizer_shares_ids_across_case(kind, tmp_path):
     cased = ["The Cat Sat ON the mat", "A Dog RAN"] * 40
     tok = train_tokenizer(kind, cased, vocab_size=400, lowercase=True)
