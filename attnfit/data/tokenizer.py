@@ -58,12 +58,19 @@ def _bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: b
     return tok
 
 
-def _wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
-    tok = Tokenizer(models.WordPiece(unk_token="<unk>", continuing_subword_prefix="##"))
+def _split_words_as_bert(tok: Tokenizer, lowercase: bool) -> Tokenizer:
+    """BERT's normalizer, word splitting (spaces and punctuation) and decoder, shared by wordpiece and word."""
     # handle_chinese_chars puts spaces around CJK characters, so each becomes its own (known) word
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False, handle_chinese_chars=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
+    tok = _split_words_as_bert(
+        Tokenizer(models.WordPiece(unk_token="<unk>", continuing_subword_prefix="##")), lowercase
+    )
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -76,11 +83,9 @@ def _wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, lowerc
 
 
 def _word(texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool) -> Tokenizer:
-    # BERT's word splitting with no subwords: the classic word vocabulary (Kim 2014, OpenNMT-py)
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False, handle_chinese_chars=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces; no word starts "##" (# is split off)
+    # BERT's word splitting with no subwords: the classic word vocabulary (Kim 2014, OpenNMT-py); the wordpiece
+    # decoder just joins words with spaces here, as no word starts "##" (# is split off)
+    tok = _split_words_as_bert(Tokenizer(models.WordLevel(unk_token="<unk>")), lowercase)
     trainer = trainers.WordLevelTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False
     )
