@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -380,3 +381,22 @@ def test_benchmark_end_to_end_and_resumes(toy_data, pretrained, tmp_path, cache_
     assert json.loads(json_path.read_text())["summary"]["sets"]["cr"]["scratch"]["mean"] == pytest.approx(
         result["summary"]["sets"]["cr"]["scratch"]["mean"]
     )
+
+
+def test_step_breakdown_times_the_pretrained_model_and_refuses_a_classifier(pretrained, tmp_path, monkeypatch):
+    """scripts/step_breakdown.py on the benchmark's tiny MLM: the three timings, the vocabulary's share, the JSON."""
+    from attnfit.errors import ConfigError
+
+    spec = importlib.util.spec_from_file_location("attnfit_step_breakdown", SCRIPT.parent / "step_breakdown.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "breakdown.json"
+    (row,) = module.main([str(pretrained), "--batch=4", "--seq-len=16", "--steps=2", "--threads=1", f"--json={out}"])
+    assert json.loads(out.read_text()) == [row]
+    assert row["vocab_size"] == 300 and row["parameters"] > 300 * 32
+    assert min(row["step_ms"], row["no_optimizer_ms"], row["encoder_ms"]) > 0
+    assert row["vocabulary_share"] == pytest.approx((row["no_optimizer_ms"] - row["encoder_ms"]) / row["step_ms"])
+
+    monkeypatch.setattr("attnfit.pretrained.load_artifact", lambda run: SimpleNamespace(task="classification"))
+    with pytest.raises(ConfigError, match="is a classification model; step_breakdown times language models"):
+        module.model_of("a-classifier-run")
