@@ -11,8 +11,9 @@ config with fresh weights and timed on random token ids of one batch shape, thre
   masked ``--mask-prob`` for an MLM, every position for a causal LM), backward, AdamW;
 * no optimizer: the same without AdamW's update;
 * encoder: embeddings and encoder forward and backward alone (a stand-in loss on the hidden states).
-``step − encoder`` is what the vocabulary costs: the output projection, its gradient and, with tied
-embeddings, the embedding table's; with a word vocabulary it is most of the step (README, "A word vocabulary").
+``no optimizer − encoder`` is what the vocabulary costs: the output projection, its gradient and, with tied
+embeddings, the embedding table's; printed as a share of the step, it is most of a word-vocabulary model's step
+(README, "A word vocabulary").
 """
 
 from __future__ import annotations

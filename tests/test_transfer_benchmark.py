@@ -391,7 +391,7 @@ def test_step_breakdown_times_the_pretrained_model_and_refuses_a_classifier(pret
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "breakdown.json"
-    (row,) = module.main([str(pretrained), "--batch=4", "--seq-len=16", "--steps=2", "--threads=1", f"--json={out}"])
+    (row,) = module.main([str(pretrained), "--batch=4", "--seq-len=16", "--steps=2", f"--json={out}"])
     assert json.loads(out.read_text()) == [row]
     assert row["vocab_size"] == 300 and row["parameters"] > 300 * 32
     assert min(row["step_ms"], row["no_optimizer_ms"], row["encoder_ms"]) > 0
