@@ -507,6 +507,10 @@ def transformers_target(record: Any) -> tuple[str, str]:
         (config.attention.name != "self", f"attention={config.attention.name} (only attention=self maps)"),
         (config.position_kind != "learned", f"model.position={config.position} (BERT and GPT-2 learn positions)"),
         (not enc.bias, "encoder.bias=false (BERT and GPT-2 have biases)"),
+        (
+            record.task in ("mlm", "clm") and bool(config.adaptive_cutoffs),
+            f"model.adaptive_cutoffs={config.adaptive_cutoffs} (BERT and GPT-2 heads are one softmax)",
+        ),
     ]
     head = record.head_config or {}
     classifier = record.task == "classification"

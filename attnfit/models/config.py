@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ class ModelConfig:
     segment_sep_id: int | None = None  # token types from the ids: type 1 after the first of these separators
     embed_norm: bool = False  # a LayerNorm (and dropout) on the summed embeddings, as BERT has
     head_bias: bool = True  # the LM head's output bias (GPT-2 has none)
+    # An adaptive-softmax LM head (LMHead): the ids where its tail clusters start, for a vocabulary in frequency
+    # order (tokenizer=word). null: a plain softmax over the whole vocabulary.
+    adaptive_cutoffs: list[int] | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     # Training memory, not architecture: keep each transformer block's input only and recompute its inside during
@@ -100,6 +104,12 @@ class ModelConfig:
         _at_least("model.max_len", self.max_len, 1)
         check_choice("model.position", self.position, POSITIONS)
         _at_least("model.type_vocab_size", self.type_vocab_size, 0)
+        cutoffs = self.adaptive_cutoffs or []
+        if any(c < 1 for c in cutoffs) or any(a >= b for a, b in itertools.pairwise(cutoffs)):
+            raise ConfigError(
+                f"model.adaptive_cutoffs={cutoffs} must be increasing ids ≥ 1, e.g. [2000, 8000] (null: no adaptive "
+                "softmax)"
+            )
         if self.dim % self.attention.num_heads:
             raise ConfigError(
                 f"attention.num_heads={self.attention.num_heads} does not divide model.dim={self.dim}; "
@@ -176,7 +186,11 @@ def _check_type(name: str, value: Any, kind: Any) -> Any:
             return float(value)
         if option is str and isinstance(value, str):
             return value
-    expected = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+        if typing.get_origin(option) is list and isinstance(value, (list, tuple)):
+            return [_check_type(f"{name}[{i}]", item, typing.get_args(option)[0]) for i, item in enumerate(value)]
+    expected = " or ".join(
+        "null" if a is type(None) else "a list" if typing.get_origin(a) is list else a.__name__ for a in allowed
+    )
     raise ConfigError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
 
 

@@ -104,6 +104,11 @@ class ElectraModel(nn.Module):
         super().__init__()
         if config.causal:
             raise ConfigError("ELECTRA pretrains a bidirectional encoder; set model.causal=false")
+        if config.adaptive_cutoffs:
+            raise ConfigError(
+                f"model.adaptive_cutoffs={config.adaptive_cutoffs} is for task=mlm and task=clm; ELECTRA's generator "
+                "samples from a full softmax: set model.adaptive_cutoffs=null"
+            )
         self.config, self.electra = config, electra or ElectraConfig()
         self.backbone = Backbone(config)  # the discriminator
         self.generator = Generator(generator_config(config, self.electra), self.backbone.embeddings, config.dim)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnfit.errors import ConfigError
 from attnfit.models.config import ModelConfig
 from attnfit.models.embeddings import Embeddings
 from attnfit.models.encoders import build_encoder
@@ -68,7 +70,14 @@ class Backbone(nn.Module):
 
 
 class LMHead(nn.Module):
-    """Vocabulary logits. The MLM head adds BERT's ``Linear → GELU → LayerNorm`` transform first."""
+    """Vocabulary logits. The MLM head adds BERT's ``Linear → GELU → LayerNorm`` transform first.
+
+    With ``cutoffs`` (e.g. ``[2000, 8000]``) it is an adaptive softmax (Grave et al. 2017) over a vocabulary whose ids
+    are in frequency order, as ``tokenizer=word``'s are: one softmax over the ids below ``cutoffs[0]`` plus one logit
+    per tail cluster (``[2000, 8000)``, ``[8000, V)``), and a softmax inside each tail. Training (:meth:`loss`) pays
+    for the head softmax at every position and for a tail's only where the label lies in it: with a 30k-word
+    vocabulary most positions never touch the rare 90%. The output weights stay one ``(V, D)`` matrix, tied or not.
+    """
 
     def __init__(
         self,
@@ -78,17 +87,57 @@ class LMHead(nn.Module):
         act: str = "gelu",
         eps: float = 1e-5,
         bias: bool = True,
+        cutoffs: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.transform = (
             nn.Sequential(nn.Linear(dim, dim), activation(act), nn.LayerNorm(dim, eps=eps)) if transform else None
         )
         self.decoder = nn.Linear(dim, vocab_size, bias=bias)
+        self.cutoffs = None if not cutoffs else [*cutoffs, vocab_size]  # cluster i holds ids [cutoffs[i], cutoffs[i+1])
+        if cutoffs and cutoffs[-1] >= vocab_size:
+            raise ConfigError(
+                f"model.adaptive_cutoffs={list(cutoffs)} must lie inside the vocabulary of {vocab_size} ids "
+                f"(each below {vocab_size})"
+            )
+        self.cluster = nn.Linear(dim, len(cutoffs)) if cutoffs else None  # the head softmax's logit for each tail
 
     def forward(self, hidden: Tensor) -> Tensor:
+        """``(…, D) → (…, V)`` logits; an adaptive head gives log-probabilities, which softmax reads as logits."""
         if self.transform is not None:
             hidden = self.transform(hidden)
-        return self.decoder(hidden)
+        logits = self.decoder(hidden)
+        if self.cutoffs is None:
+            return logits
+        c0 = self.cutoffs[0]
+        head = torch.cat([logits[..., :c0], self.cluster(hidden)], -1).float().log_softmax(-1)  # (…, c0 + tails)
+        tails = [
+            head[..., c0 + i, None] + logits[..., lo:hi].float().log_softmax(-1)  # log p(cluster) + log p(id | cluster)
+            for i, (lo, hi) in enumerate(itertools.pairwise(self.cutoffs))
+        ]
+        return torch.cat([head[..., :c0], *tails], -1)
+
+    def loss(self, hidden: Tensor, labels: Tensor) -> Tensor:
+        """Mean cross-entropy of ``labels (N,)`` (no -100) from ``hidden (N, D)``; adaptive: the tails where needed."""
+        if self.cutoffs is None:
+            return F.cross_entropy(self(hidden).float(), labels)
+        if self.transform is not None:
+            hidden = self.transform(hidden)
+        weight, bias = self.decoder.weight, self.decoder.bias
+        c0 = self.cutoffs[0]
+
+        def project(rows: Tensor, lo: int, hi: int) -> Tensor:  # logits of ids [lo, hi) only
+            return F.linear(rows, weight[lo:hi], None if bias is None else bias[lo:hi])
+
+        head = torch.cat([project(hidden, 0, c0), self.cluster(hidden)], -1).float().log_softmax(-1)  # (N, c0 + tails)
+        cluster = torch.bucketize(labels, labels.new_tensor(self.cutoffs[:-1]), right=True)  # (N,): 0 head, i tail i
+        log_prob = head.gather(1, torch.where(cluster == 0, labels, c0 + cluster - 1)[:, None])[:, 0]  # (N,)
+        for i, (lo, hi) in enumerate(itertools.pairwise(self.cutoffs)):
+            rows = (cluster == i + 1).nonzero()[:, 0]
+            if rows.numel():
+                tail = project(hidden[rows], lo, hi).float().log_softmax(-1)  # (n_i, hi - lo)
+                log_prob = log_prob.index_add(0, rows, tail.gather(1, (labels[rows] - lo)[:, None])[:, 0])
+        return -log_prob.mean()
 
 
 class LanguageModel(nn.Module):
@@ -101,7 +150,13 @@ class LanguageModel(nn.Module):
         self.backbone = Backbone(config) if backbone is None else backbone
         enc = config.encoder
         self.head = LMHead(
-            config.dim, config.vocab_size, not config.causal, enc.activation, enc.norm_eps, config.head_bias
+            config.dim,
+            config.vocab_size,
+            not config.causal,
+            enc.activation,
+            enc.norm_eps,
+            config.head_bias,
+            config.adaptive_cutoffs,
         )
         (self if backbone is None else self.head).apply(init_weights)
         if config.tie_embeddings:
@@ -117,17 +172,22 @@ class LanguageModel(nn.Module):
             logits, labels = logits[:, :-1], labels[:, 1:]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
 
-    def labelled_loss(self, input_ids: Tensor, padding_mask: Tensor | None, labels: Tensor) -> tuple[Tensor, ...]:
+    def labelled_loss(
+        self, input_ids: Tensor, padding_mask: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """``(loss, logits (N, V), labels (N,))`` over the labelled positions only.
 
         The vocabulary projection, the costliest layer, runs only where a label is: every position but the last
-        for a causal LM, the masked ~15% for a masked LM."""
+        for a causal LM, the masked ~15% for a masked LM. An adaptive head in training returns no logits: not
+        projecting onto the whole vocabulary is what it is for."""
         hidden = self.backbone(input_ids, padding_mask)[0]  # (B, T, D)
         if self.config.causal:
             hidden, labels = hidden[:, :-1], labels[:, 1:]  # position t predicts token t + 1
-        else:
+        if not self.config.causal or self.head.cutoffs is not None:
             selected = labels != -100
             hidden, labels = hidden[selected], labels[selected]
+        if self.head.cutoffs is not None and self.training:
+            return self.head.loss(hidden, labels), None, labels
         logits = self.head(hidden)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
         return loss, logits, labels

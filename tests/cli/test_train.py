@@ -146,6 +146,7 @@ def test_training_on_a_local_text_file(run_cli, tmp_path, encoder, attention, ta
         (["encoder=lstm", "encoder.bidirectional=true", "task=clm"], "cannot be causal"),
         (["attention.num_heads=3"], "attention.num_heads=3 does not divide model.dim=32"),
         (["encoder.num_layers=0"], "encoder.num_layers=0 must be ≥ 1"),
+        (["model.adaptive_cutoffs=[50,20]"], "model.adaptive_cutoffs=[50, 20] must be increasing ids ≥ 1"),
         (["optimizer.lr=-1"], "optimizer.lr=-1 must be > 0"),
         (["data=files", "data.train=/no/such/corpus.txt"], "/no/such/corpus.txt"),
         (["+trainer.max_step=3"], "unknown trainer option trainer.max_step (did you mean trainer.max_steps?)"),

@@ -1,0 +1,56 @@
+"""A word-vocabulary model with an adaptive-softmax head (``model.adaptive_cutoffs``) through the CLI: it learns,
+fills masks, fine-tunes with its head as the auxiliary MLM, and refuses the export it has no equivalent for."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TINY, scalars
+
+WORDS = [f"w{i}" for i in range(60)]
+ADAPTIVE = ["tokenizer=word", "model.adaptive_cutoffs=[12,30]", "data=files"]  # the word vocabulary: ~70 ids
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    # Frequent words first, as a frequency-ordered vocabulary has them; every sentence repeats a pattern to learn.
+    lines = [f"the {WORDS[i % 10]} saw {WORDS[10 + i % 50]} near the {WORDS[i % 10]} ." for i in range(600)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_an_adaptive_head_learns_and_predicts(run_cli, tmp_path, corpus, task):
+    run_dir = tmp_path / "run"
+    steps = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
+    run_cli("train", *steps, *ADAPTIVE, f"data.train={corpus}", f"task={task}", "trainer.max_steps=40",
+            "trainer.val_check_interval=10", "optimizer.lr=3e-3", f"hydra.run.dir={run_dir}")  # fmt: skip
+    losses = [value for _, value in scalars(run_dir)["val/loss"]]
+    unigram = json.loads((run_dir / "metrics.json").read_text())["unigram_baseline"]
+    assert len(losses) == 4 and losses[-1] < min(losses[0], unigram), (losses, unigram)
+    prompt = "the w3 saw <mask> near the w3 ." if task == "mlm" else "the w3 saw"
+    run_cli("predict", f"checkpoint={run_dir}", f"text={prompt}", "heatmap=false")
+    record = json.loads((tmp_path / "predictions" / "predictions.jsonl").read_text().splitlines()[0])
+    if task == "mlm":
+        candidates = record["fills"][0]
+        assert 0 < sum(c["p"] for c in candidates) <= 1 + 1e-5, candidates  # probabilities, not log-probabilities
+    else:
+        assert record["generated"]
+
+
+def test_fine_tuning_continues_the_adaptive_head_and_export_refuses_it(run_cli, tmp_path, corpus):
+    pretrained = tmp_path / "pretrained"
+    run_cli("train", *TINY, *ADAPTIVE, f"data.train={corpus}", "task=mlm", f"hydra.run.dir={pretrained}")
+    tuned = tmp_path / "tuned"
+    run_cli("finetune", f"pretrained={pretrained}", "data.seq_len=32", "data.batch_size=16", "trainer.max_steps=4",
+            "trainer.val_check_interval=4", "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1",
+            "callbacks.progress_bar=none", "finetune.mlm_weight=0.5", f"hydra.run.dir={tuned}")  # fmt: skip
+    log = (tuned / "finetune.log").read_text()
+    assert "the pretrained MLM head × finetune.mlm_weight=0.5" in log and "dropped: none" in log
+    assert all(0 < value < 20 for _, value in scalars(tuned)["train/mlm_loss"])
+    proc = run_cli("export", f"checkpoint={pretrained}", "format=transformers", f"out={tmp_path / 'hf'}", check=False)
+    assert proc.returncode != 0
+    assert "cannot export this model: model.adaptive_cutoffs=[12, 30]" in proc.stderr, proc.stderr[-2000:]
