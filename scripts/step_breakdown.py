@@ -5,7 +5,8 @@
     python scripts/step_breakdown.py RUN_DIR --batch 64 --seq-len 64 --steps 20 --threads 2 --json out.json
 
 For each run (a run directory, ``.ckpt`` or exported model of task mlm or clm) the model is rebuilt from its
-config with fresh weights and timed on random token ids of one batch shape, three ways, each the median of
+config with fresh weights and timed on random token ids of one batch shape (drawn by Zipf's law, as a vocabulary
+in frequency order sees them), three ways, each the median of
 ``--steps`` steps after 3 of warm-up (the three interleaved):
 * step: the loss as pretraining computes it (the vocabulary projection on the labelled positions only: the
   masked ``--mask-prob`` for an MLM, every position for a causal LM), backward, AdamW;
@@ -13,7 +14,8 @@ config with fresh weights and timed on random token ids of one batch shape, thre
 * encoder: embeddings and encoder forward and backward alone (a stand-in loss on the hidden states).
 ``no optimizer − encoder`` is what the vocabulary costs: the output projection, its gradient and, with tied
 embeddings, the embedding table's; printed as a share of the step, it is most of a word-vocabulary model's step
-(README, "A word vocabulary").
+with a full softmax, and about half as much with an adaptive one (``model.adaptive_cutoffs``; README, "A word
+vocabulary").
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def breakdown(
     whole, without the optimizer, encoder only."""
     generator = torch.Generator().manual_seed(0)
     V = model.config.vocab_size
-    ids = torch.randint(0, V, (batch, seq_len), generator=generator)  # (B, T)
+    # Zipf's law over the ids (p ∝ 1/(id + 1)), as a frequency-ordered word vocabulary sees them: the costs of an
+    # adaptive-softmax head (model.adaptive_cutoffs) depend on how often labels fall in its rare clusters.
+    zipf = 1.0 / torch.arange(1, V + 1, dtype=torch.float64)
+    ids = torch.multinomial(zipf, batch * seq_len, replacement=True, generator=generator).view(batch, seq_len)  # (B, T)
     labels = ids.clone()
     if not model.config.causal:
         labels[torch.rand(ids.shape, generator=generator) >= mask_prob] = -100  # the masked positions only
