@@ -93,13 +93,13 @@ class LMHead(nn.Module):
         self.transform = (
             nn.Sequential(nn.Linear(dim, dim), activation(act), nn.LayerNorm(dim, eps=eps)) if transform else None
         )
-        self.decoder = nn.Linear(dim, vocab_size, bias=bias)
-        self.cutoffs = None if not cutoffs else [*cutoffs, vocab_size]  # cluster i holds ids [cutoffs[i], cutoffs[i+1])
         if cutoffs and cutoffs[-1] >= vocab_size:
             raise ConfigError(
                 f"model.adaptive_cutoffs={list(cutoffs)} must lie inside the vocabulary of {vocab_size} ids "
                 f"(each below {vocab_size})"
             )
+        self.decoder = nn.Linear(dim, vocab_size, bias=bias)
+        self.cutoffs = None if not cutoffs else [*cutoffs, vocab_size]  # cluster i holds ids [cutoffs[i], cutoffs[i+1])
         self.cluster = nn.Linear(dim, len(cutoffs)) if cutoffs else None  # the head softmax's logit for each tail
 
     def forward(self, hidden: Tensor) -> Tensor:
@@ -110,12 +110,16 @@ class LMHead(nn.Module):
         if self.cutoffs is None:
             return logits
         c0 = self.cutoffs[0]
-        head = torch.cat([logits[..., :c0], self.cluster(hidden)], -1).float().log_softmax(-1)  # (…, c0 + tails)
+        head = self._head_log_probs(logits[..., :c0], hidden)  # (…, c0 + tails)
         tails = [
             head[..., c0 + i, None] + logits[..., lo:hi].float().log_softmax(-1)  # log p(cluster) + log p(id | cluster)
             for i, (lo, hi) in enumerate(itertools.pairwise(self.cutoffs))
         ]
         return torch.cat([head[..., :c0], *tails], -1)
+
+    def _head_log_probs(self, frequent_logits: Tensor, hidden: Tensor) -> Tensor:
+        """The head softmax: the frequent ids' logits and one per tail cluster, ``(…, c0 + tails)``, as log-probs."""
+        return torch.cat([frequent_logits, self.cluster(hidden)], -1).float().log_softmax(-1)
 
     def loss(self, hidden: Tensor, labels: Tensor) -> Tensor:
         """Mean cross-entropy of ``labels (N,)`` (no -100) from ``hidden (N, D)``; adaptive: the tails where needed."""
@@ -129,7 +133,7 @@ class LMHead(nn.Module):
         def project(rows: Tensor, lo: int, hi: int) -> Tensor:  # logits of ids [lo, hi) only
             return F.linear(rows, weight[lo:hi], None if bias is None else bias[lo:hi])
 
-        head = torch.cat([project(hidden, 0, c0), self.cluster(hidden)], -1).float().log_softmax(-1)  # (N, c0 + tails)
+        head = self._head_log_probs(project(hidden, 0, c0), hidden)  # (N, c0 + tails)
         cluster = torch.bucketize(labels, labels.new_tensor(self.cutoffs[:-1]), right=True)  # (N,): 0 head, i tail i
         log_prob = head.gather(1, torch.where(cluster == 0, labels, c0 + cluster - 1)[:, None])[:, 0]  # (N,)
         for i, (lo, hi) in enumerate(itertools.pairwise(self.cutoffs)):

@@ -62,6 +62,8 @@ def test_the_training_loss_equals_the_full_negative_log_likelihood_with_labels_i
     expected = -naive_probs(head, hidden)[torch.arange(30), labels].log().mean()
     torch.testing.assert_close(head.loss(hidden, labels).double(), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(head.loss(hidden, labels), F.nll_loss(head(hidden), labels), atol=1e-5, rtol=1e-5)
+    plain = LMHead(D, V, transform=True)  # no cutoffs: the same method is plain cross-entropy
+    torch.testing.assert_close(plain.loss(hidden, labels), F.cross_entropy(plain(hidden), labels))
 
 
 def test_a_tail_no_label_falls_in_gets_no_gradient(head):
