@@ -13,6 +13,7 @@ from attnfit.data.lm import (
     IGNORE_INDEX,
     CLMCollator,
     MLMCollator,
+    id_share_below,
     tokenize_for_lm,
     unigram_cross_entropy,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "generate_lm_corpus",
     "generate_translation_pairs",
     "get_tokenizer",
+    "id_share_below",
     "infer_file_format",
     "label_names_from",
     "load_classification_splits",

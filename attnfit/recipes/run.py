@@ -104,6 +104,8 @@ def _run(
             prepared.tokenizer.get_vocab_size(),
             prepared.facts["unigram_baseline"],
         )
+    if "adaptive_head_share" in prepared.facts:
+        log_head_share(prepared.facts["adaptive_head_share"], list(cfg.model.adaptive_cutoffs))
 
     adapt_steps = int(OmegaConf.select(cfg, "finetune.adapt_steps", default=0) or 0)
     if pretrained is not None and adapt_steps > 0 and resume is None:
@@ -181,6 +183,21 @@ def log_memory_estimate(cfg: DictConfig, module: L.LightningModule, trainer: L.T
 # data order. A resume cannot honour a change to them, so it refuses one instead of silently keeping the old value.
 FIXED_ON_RESUME = ("model", "encoder", "attention", "decoder", "tokenizer", "task", "optimizer", "finetune", "seed",
                    "data_seed", "data.seq_len", "data.packing", "data.batch_size")  # fmt: skip
+
+
+def log_head_share(share: float, cutoffs: list[int]) -> None:
+    """Says how much of the training text an adaptive softmax's head cluster covers, and warns when it is under half:
+    the head is cheap only when the ids below the first cutoff are the common tokens (tokenizer=word orders them
+    by frequency; BPE's merge order comes close: 77% of WikiText-2's tokens below 2,000 of 8,000 pieces)."""
+    log.info("adaptive softmax: ids below %d hold %.1f%% of the training tokens", cutoffs[0], 100 * share)
+    if share < 0.5:
+        log.warning(
+            "adaptive softmax: model.adaptive_cutoffs=%s puts only %.1f%% of the training tokens in the head "
+            "cluster; it saves time only on a vocabulary in frequency order (tokenizer=word, or BPE), or with a "
+            "larger first cutoff",
+            cutoffs,
+            100 * share,
+        )
 
 
 def check_resume_overrides(cfg: DictConfig, resume: Artifact) -> None:

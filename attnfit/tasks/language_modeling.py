@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from attnfit.errors import ConfigError, DataError, check_choice
@@ -94,7 +94,6 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
         special_token_id,
         tokenize_for_lm,
         tokenizer_from_config,
-        unigram_cross_entropy,
     )
 
     if cfg.data.source == "shards":
@@ -130,14 +129,13 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     vocab_size = tokenizer.get_vocab_size()
     with timed(timings, "unigram_baseline_s"):
         train_ids, val_ids = (encoded[s].with_format("arrow")["input_ids"] for s in ("train", "validation"))
-        baseline = unigram_cross_entropy(train_ids, val_ids, vocab_size)
+        facts = corpus_facts(cfg, train_ids, val_ids, vocab_size)
     pad_id = special_token_id(tokenizer, "pad")
     if "mask_prob" in cfg.task:  # masked objectives (mlm, electra)
         train_collator, val_collator = masking_collators(cfg, tokenizer)
     else:
         train_collator = val_collator = CLMCollator(pad_id)
     datamodule = datamodule_for(cfg, encoded, train_collator, val_collator)
-    facts = {"unigram_baseline": baseline}
     return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts, timings=timings)
 
 
@@ -146,7 +144,7 @@ def prepare_shard_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     the last ``data.val_fraction`` of the rows is the validation split. The tokenizer is the shards' own."""
     from tokenizers import Tokenizer
 
-    from attnfit.data import CLMCollator, special_token_id, unigram_cross_entropy
+    from attnfit.data import CLMCollator, special_token_id
     from attnfit.data.shards import TOKENIZER, TokenWindows
 
     data, seq_len = cfg.data, int(cfg.data.seq_len)
@@ -171,9 +169,20 @@ def prepare_shard_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     datamodule = datamodule_for(cfg, encoded, train_collator, val_collator)
     # The unigram baseline from the first rows of each split: reading the whole corpus would defeat streaming.
     sample = {name: [rows[i]["input_ids"] for i in range(min(len(rows), 2000))] for name, rows in encoded.items()}
-    baseline = unigram_cross_entropy(sample["train"], sample["validation"], tokenizer.get_vocab_size())
-    facts = {"unigram_baseline": baseline}
+    facts = corpus_facts(cfg, sample["train"], sample["validation"], tokenizer.get_vocab_size())
     return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts)
+
+
+def corpus_facts(cfg: DictConfig, train_ids: Any, val_ids: Any, vocab_size: int) -> dict[str, float]:
+    """What a run reports about its token ids: the unigram baseline and, under an adaptive-softmax head, the share
+    of training tokens its head cluster covers (``model.adaptive_cutoffs`` assume a frequency-ordered vocabulary)."""
+    from attnfit.data import id_share_below, unigram_cross_entropy
+
+    facts = {"unigram_baseline": unigram_cross_entropy(train_ids, val_ids, vocab_size)}
+    cutoffs = OmegaConf.select(cfg, "model.adaptive_cutoffs")
+    if cutoffs:
+        facts["adaptive_head_share"] = id_share_below(train_ids, int(cutoffs[0]))
+    return facts
 
 
 class LanguageModeling(Task):

@@ -29,8 +29,13 @@ def test_an_adaptive_head_learns_and_predicts(run_cli, tmp_path, corpus, task):
     run_cli("train", *steps, *ADAPTIVE, f"data.train={corpus}", f"task={task}", "trainer.max_steps=40",
             "trainer.val_check_interval=10", "optimizer.lr=3e-3", f"hydra.run.dir={run_dir}")  # fmt: skip
     losses = [value for _, value in scalars(run_dir)["val/loss"]]
-    unigram = json.loads((run_dir / "metrics.json").read_text())["unigram_baseline"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    unigram = metrics["unigram_baseline"]
     assert len(losses) == 4 and losses[-1] < min(losses[0], unigram), (losses, unigram)
+    # Ids below 12: the 7 specials, "the", ".", "near", "saw" and "w0", so 6.2 of a line's 9 tokens (its 8 words and
+    # <eos>: the two "the", ".", "near", "saw", <eos>, and its frequent word twice when it is w0, one line in ten).
+    assert metrics["adaptive_head_share"] == pytest.approx(6.2 / 9, abs=0.01), metrics
+    assert "adaptive softmax: ids below 12 hold" in (run_dir / "train.log").read_text()
     prompt = "the w3 saw <mask> near the w3 ." if task == "mlm" else "the w3 saw"
     run_cli("predict", f"checkpoint={run_dir}", f"text={prompt}", "heatmap=false")
     record = json.loads((tmp_path / "predictions" / "predictions.jsonl").read_text().splitlines()[0])
@@ -54,3 +59,15 @@ def test_fine_tuning_continues_the_adaptive_head_and_export_refuses_it(run_cli, 
     proc = run_cli("export", f"checkpoint={pretrained}", "format=transformers", f"out={tmp_path / 'hf'}", check=False)
     assert proc.returncode != 0
     assert "cannot export this model: model.adaptive_cutoffs=[12, 30]" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_head_cluster_holding_little_of_the_text_is_warned_about(caplog):
+    from attnfit.recipes.run import log_head_share
+
+    with caplog.at_level("INFO", logger="attnfit"):
+        log_head_share(0.801, [2000, 8000])
+        assert [r.levelname for r in caplog.records] == ["INFO"] and "80.1%" in caplog.text
+        log_head_share(0.3, [12, 30])
+    warning = caplog.records[-1]
+    assert warning.levelname == "WARNING"
+    assert "model.adaptive_cutoffs=[12, 30] puts only 30.0% of the training tokens in the head" in warning.message

@@ -6,7 +6,7 @@ import torch
 from datasets import Dataset
 
 from attnfit.data import lm
-from attnfit.data.lm import CLMCollator, MLMCollator, tokenize_for_lm, unigram_cross_entropy
+from attnfit.data.lm import CLMCollator, MLMCollator, id_share_below, tokenize_for_lm, unigram_cross_entropy
 from attnfit.data.sources import load_text_splits
 from attnfit.data.synthetic import generate_lm_corpus
 from attnfit.data.tokenizer import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, train_tokenizer
@@ -224,6 +224,15 @@ def test_unigram_cross_entropy_by_hand():
         unigram_cross_entropy([[0]], [[3]], vocab_size=3)
     with pytest.raises(DataError, match="no evaluation tokens"):
         unigram_cross_entropy([[0]], [], vocab_size=3)
+
+
+def test_id_share_below_by_hand():
+    ds = Dataset.from_dict({"input_ids": [[0, 5, 1], [9, 2]]})
+    for ids in ([[0, 5, 1], [9, 2]], ds["input_ids"], ds.with_format("arrow")["input_ids"]):
+        assert id_share_below(ids, 3) == pytest.approx(3 / 5)
+    assert id_share_below([[0, 1]], 0) == 0.0
+    with pytest.raises(DataError, match="no tokens"):
+        id_share_below([], 3)
 
 
 def _epoch_labels(collator, num_workers):
