@@ -14,7 +14,7 @@ in frequency order sees them), three ways, each the median of
 * encoder: embeddings and encoder forward and backward alone (a stand-in loss on the hidden states).
 ``no optimizer − encoder`` is what the vocabulary costs: the output projection, its gradient and, with tied
 embeddings, the embedding table's; printed as a share of the step, it is most of a word-vocabulary model's step
-with a full softmax and a quarter of it with an adaptive one (``model.adaptive_cutoffs``; README, "A word
+with a full softmax and a quarter of it with an adaptive one (``model.adaptive_cutoffs``; docs/transfer-log.md, "A word
 vocabulary").
 """
 

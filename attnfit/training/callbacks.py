@@ -69,7 +69,7 @@ class StartupTimes(L.Callback):
 class FlushDenormals(L.Callback):
     """CPU arithmetic, in every thread, treats numbers below float32's smallest normal (1.2e-38) as zero from each
     stage's set-up to its teardown: a trained CNN's convolution backward met enough of them to run 5x slower
-    (README, "Pretraining that transfers"). A callback, so that it runs where the loop runs, in DDP's spawned
+    (docs/transfer-log.md). A callback, so that it runs where the loop runs, in DDP's spawned
     workers too. No effect on GPU kernels; PyTorch's default (off) comes back at teardown."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
