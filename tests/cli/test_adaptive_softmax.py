@@ -40,8 +40,22 @@ def test_an_adaptive_head_learns_and_predicts(run_cli, tmp_path, corpus, task):
     run_cli("predict", f"checkpoint={run_dir}", f"text={prompt}", "heatmap=false")
     record = json.loads((tmp_path / "predictions" / "predictions.jsonl").read_text().splitlines()[0])
     if task == "mlm":
-        candidates = record["fills"][0]
-        assert 0 < sum(c["p"] for c in candidates) <= 1 + 1e-5, candidates  # probabilities, not log-probabilities
+        # The serving path (attnfit-serve's fill-mask, the CLI's five) softmaxes the head's output, which is right
+        # only if the adaptive head returns log-probabilities over the whole vocabulary: they must sum to 1 as they
+        # come, and the five printed are their top five.
+        import torch
+
+        from attnfit.pretrained import build_model, load_artifact
+
+        artifact = load_artifact(run_dir)
+        model = build_model(artifact).eval()
+        ids = torch.tensor([artifact.record.tokenizers()[0].encode(prompt, add_special_tokens=False).ids])
+        with torch.no_grad():
+            log_p = model.head(model.backbone(ids, None, False)[0])[0, 3].double()  # (V,) at the <mask>
+        assert log_p.shape == (artifact.model_config["vocab_size"],)
+        assert float(torch.logsumexp(log_p, -1)) == pytest.approx(0.0, abs=1e-5)
+        top = torch.topk(log_p.exp(), 5)
+        assert [c["p"] for c in record["fills"][0]] == pytest.approx(top.values.tolist(), abs=1e-5)
     else:
         assert record["generated"]
 
