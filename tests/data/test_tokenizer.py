@@ -171,3 +171,26 @@ def test_lowercase_tokenizer_shares_ids_across_case(kind, tmp_path):
     lower = get_tokenizer(kind, lambda: cased, 400, cache_key="c", cache_dir=tmp_path, lowercase=True)
     same = get_tokenizer(kind, lambda: cased, 400, cache_key="c", cache_dir=tmp_path)
     assert lower.encode("THE").ids == lower.encode("the").ids and same.encode("THE").ids != same.encode("the").ids
+
+
+def test_bpe_word_and_char_training_is_reproducible_across_processes():
+    """Two processes train the same vocabulary, ids included, for bpe, word and char: the recipes' "same tokenizer,
+    same file hash" rests on it. WordPiece's trainer numbers its ## pieces in hash-map order, which differs per
+    process, and the ids break ties between merges (huggingface/tokenizers#1794): a wordpiece vocabulary is
+    reproduced by its saved tokenizer.json (the run directory's or the cache's), not by training it again."""
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, json\n"
+        "from attnfit.data.tokenizer import train_tokenizer\n"
+        "texts = [f'the {w} saw {i} near the {w}s, said zoë' for i in range(300) for w in ('fox', 'dog', 'owl')]\n"
+        "for kind in ('bpe', 'word', 'char'):\n"
+        "    vocab = sorted(train_tokenizer(kind, texts, vocab_size=400).get_vocab().items())\n"
+        "    print(kind, hashlib.sha256(json.dumps(vocab).encode()).hexdigest())\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    first, second = (dict(line.split() for line in proc.communicate(timeout=120)[0].splitlines()) for proc in procs)
+    assert all(proc.returncode == 0 for proc in procs)
+    assert first.keys() == {"bpe", "word", "char"}
+    assert [kind for kind in first if first[kind] != second[kind]] == []
