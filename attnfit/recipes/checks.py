@@ -56,6 +56,14 @@ def check_run_options(cfg: DictConfig) -> None:
     skips = OmegaConf.select(cfg, "callbacks.nonfinite.max_skips", default=0)
     if not _whole(skips) or skips < 0:
         raise ConfigError(f"callbacks.nonfinite.max_skips={skips!r} must be a whole number ≥ 0")
+    stopping = callbacks.get("early_stopping") or {}
+    monitor, mode = stopping.get("monitor"), stopping.get("mode")  # null and null: the task's metric and direction
+    if monitor and not mode:
+        raise ConfigError(
+            f"callbacks.early_stopping.monitor={monitor} needs its direction: callbacks.early_stopping.mode=min or max"
+        )
+    if mode:
+        check_choice("callbacks.early_stopping.mode", mode, ("min", "max"))
 
 
 def check_loader(data: DictConfig) -> None:

@@ -89,8 +89,9 @@ def build_trainer(
         TokenThroughput(every_n_batches=max(1, int(kwargs.get("log_every_n_steps", 10)))),
     ]
     stopping = cfg.callbacks.get("early_stopping")
-    if stopping:
-        callbacks.append(EarlyStopping(monitor=stopping.monitor, mode=stopping.mode, patience=int(stopping.patience)))
+    if stopping:  # the best checkpoint's metric and direction unless the config names others (check_run_options)
+        watched = (stopping.monitor, stopping.mode) if stopping.get("monitor") else (monitor, mode)
+        callbacks.append(EarlyStopping(monitor=watched[0], mode=watched[1], patience=int(stopping.patience)))
     nonfinite = cfg.callbacks.get("nonfinite") or {}
     callbacks.append(NonFiniteGuard(nonfinite.get("policy", "stop"), int(nonfinite.get("max_skips", 10))))
     callbacks.extend(extra_callbacks or [])

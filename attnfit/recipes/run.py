@@ -104,14 +104,14 @@ def _run(
             prepared.tokenizer.get_vocab_size(),
             prepared.facts["unigram_baseline"],
         )
-    if "adaptive_head_share" in prepared.facts:
-        log_head_share(prepared.facts["adaptive_head_share"], list(cfg.model.adaptive_cutoffs))
 
     adapt_steps = int(OmegaConf.select(cfg, "finetune.adapt_steps", default=0) or 0)
     if pretrained is not None and adapt_steps > 0 and resume is None:
         pretrained = adapt(cfg, pretrained, prepared, adapt_steps)
     batches = math.ceil(prepared.num_train / int(cfg.data.batch_size))
     module = task.build_module(cfg, prepared, total_training_steps(cfg.trainer, batches), pretrained)
+    if "adaptive_head_share" in prepared.facts:
+        log_head_share(prepared.facts["adaptive_head_share"], list(module.record.model_config["adaptive_cutoffs"]))
     if resume is not None and resume.record.model_config != module.record.model_config:
         raise CheckpointError(
             f"{ckpt_path} holds a different model than this config; resume with the config "
@@ -298,10 +298,13 @@ def summarise(
     console.print("next:")
     for line in task.next_steps(output_dir):
         console.print(f"  {line}", markup=False)
-    entry = "attnfit-finetune" if "pretrained" in cfg else "attnfit-train"
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.exists() and trainer.global_step > 0:
-        command = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        hydra = HydraConfig.get() if HydraConfig.initialized() else None
+        command = hydra.overrides.task if hydra else []
+        # The entry point the run came from (attnfit-train +pretrained=RUN continues pretraining with train.yaml)
+        config_name = hydra.job.config_name if hydra else ("finetune" if "pretrained" in cfg else "train")
+        entry = "attnfit-finetune" if config_name == "finetune" else "attnfit-train"
         continuation = continue_overrides(cfg, last, trainer.global_step, list(command))
         console.print(f"  {entry} {continuation}   # continue training, exactly", markup=False)
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from attnfit.errors import ConfigError, DataError, check_choice
@@ -129,14 +129,15 @@ def prepare_lm_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     vocab_size = tokenizer.get_vocab_size()
     with timed(timings, "unigram_baseline_s"):
         train_ids, val_ids = (encoded[s].with_format("arrow")["input_ids"] for s in ("train", "validation"))
-        facts = corpus_facts(cfg, train_ids, val_ids, vocab_size)
+        facts = corpus_facts(train_ids, val_ids, vocab_size)
     pad_id = special_token_id(tokenizer, "pad")
     if "mask_prob" in cfg.task:  # masked objectives (mlm, electra)
         train_collator, val_collator = masking_collators(cfg, tokenizer)
     else:
         train_collator = val_collator = CLMCollator(pad_id)
     datamodule = datamodule_for(cfg, encoded, train_collator, val_collator)
-    return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts, timings=timings)
+    extra = {"train_ids": train_ids}  # for the head share of an adaptive softmax, once the model is known
+    return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts, extra=extra, timings=timings)
 
 
 def prepare_shard_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
@@ -169,20 +170,16 @@ def prepare_shard_data(cfg: DictConfig, tokenizer: Any = None) -> Prepared:
     datamodule = datamodule_for(cfg, encoded, train_collator, val_collator)
     # The unigram baseline from the first rows of each split: reading the whole corpus would defeat streaming.
     sample = {name: [rows[i]["input_ids"] for i in range(min(len(rows), 2000))] for name, rows in encoded.items()}
-    facts = corpus_facts(cfg, sample["train"], sample["validation"], tokenizer.get_vocab_size())
-    return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts)
+    facts = corpus_facts(sample["train"], sample["validation"], tokenizer.get_vocab_size())
+    extra = {"train_ids": sample["train"]}
+    return Prepared(datamodule, tokenizer, num_train=len(encoded["train"]), facts=facts, extra=extra)
 
 
-def corpus_facts(cfg: DictConfig, train_ids: Any, val_ids: Any, vocab_size: int) -> dict[str, float]:
-    """What a run reports about its token ids: the unigram baseline and, under an adaptive-softmax head, the share
-    of training tokens its head cluster covers (``model.adaptive_cutoffs`` assume a frequency-ordered vocabulary)."""
-    from attnfit.data import id_share_below, unigram_cross_entropy
+def corpus_facts(train_ids: Any, val_ids: Any, vocab_size: int) -> dict[str, float]:
+    """What a run reports about its token ids before a model exists: the unigram baseline a model must beat."""
+    from attnfit.data import unigram_cross_entropy
 
-    facts = {"unigram_baseline": unigram_cross_entropy(train_ids, val_ids, vocab_size)}
-    cutoffs = OmegaConf.select(cfg, "model.adaptive_cutoffs")
-    if cutoffs:
-        facts["adaptive_head_share"] = id_share_below(train_ids, int(cutoffs[0]))
-    return facts
+    return {"unigram_baseline": unigram_cross_entropy(train_ids, val_ids, vocab_size)}
 
 
 class LanguageModeling(Task):
@@ -231,6 +228,11 @@ class LanguageModeling(Task):
         from attnfit.training.module import Optimization
 
         config = ModelConfig.from_dict(self._model_config(cfg, prepared, pretrained))
+        if config.adaptive_cutoffs and prepared.extra:  # the model's own cutoffs: a continued LM keeps its head
+            from attnfit.data import id_share_below
+
+            share = id_share_below(prepared.extra["train_ids"], config.adaptive_cutoffs[0])
+            prepared.facts["adaptive_head_share"] = share
         model = LanguageModel(config)
         if pretrained is not None:
             load_pretrained_backbone(model, pretrained.state_dict, source=str(pretrained.source))

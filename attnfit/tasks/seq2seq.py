@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
 from attnfit.errors import ConfigError, check_choice, check_fraction
@@ -197,9 +197,6 @@ class Seq2Seq(Task):
             cfg.decoder.name,
             config.cross_attention.name,
         )
-        if cfg.callbacks.get("early_stopping"):  # fine-tuning's preset watches a classification metric
-            with open_dict(cfg):
-                cfg.callbacks.early_stopping.monitor, cfg.callbacks.early_stopping.mode = self.monitor(cfg)
         return module
 
     def callbacks(self, cfg: DictConfig, prepared: Prepared, module: Any) -> list[Any]:

@@ -70,6 +70,16 @@ def test_fine_tuning_continues_the_adaptive_head_and_export_refuses_it(run_cli, 
     log = (tuned / "finetune.log").read_text()
     assert "the pretrained MLM head × finetune.mlm_weight=0.5" in log and "dropped: none" in log
     assert all(0 < value < 20 for _, value in scalars(tuned)["train/mlm_loss"])
+    # Continued pretraining keeps the pretrained head, so its share is the pretrained cutoffs' though this config
+    # names none; either entry point continues (attnfit-finetune's early stopping then watches val/loss).
+    for entry, pretrained_key in (("train", "+pretrained"), ("finetune", "pretrained")):
+        continued = tmp_path / f"continued-{entry}"
+        proc = run_cli(entry, f"{pretrained_key}={pretrained}", "task=mlm", "data=files", f"data.train={corpus}",
+                       "data.seq_len=32", "data.batch_size=8", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                       "callbacks.progress_bar=none", f"hydra.run.dir={continued}")  # fmt: skip
+        metrics = json.loads((continued / "metrics.json").read_text())
+        assert metrics["adaptive_head_share"] == pytest.approx(6.2 / 9, abs=0.01), (entry, metrics)
+        assert f"attnfit-{entry} {pretrained_key}={pretrained}" in proc.stdout  # the continue command's own entry
     proc = run_cli("export", f"checkpoint={pretrained}", "format=transformers", f"out={tmp_path / 'hf'}", check=False)
     assert proc.returncode != 0
     assert "cannot export this model: model.adaptive_cutoffs=[12, 30]" in proc.stderr, proc.stderr[-2000:]

@@ -246,6 +246,10 @@ def test_eval_export_predict_and_serve_take_the_trained_weights_when_asked(run_c
         (["optimizer=sgd", "+optimizer.betas=[0.9,0.9]"], "optimizer.betas is not an option of torch.optim.sgd.SGD"),
         (["+logger.comet.project=x"], "logger.comet has no _target_"),
         (["+logger.x._target_=torch.optim.SGD"], "logger.x._target_=torch.optim.SGD is not a Lightning logger"),
+        (["callbacks=finetune", "callbacks.early_stopping.monitor=val/acc"],  # a metric of its own needs its direction
+         "callbacks.early_stopping.monitor=val/acc needs its direction: callbacks.early_stopping.mode=min or max"),
+        (["callbacks=finetune", "callbacks.early_stopping.mode=maximum"],
+         "unknown callbacks.early_stopping.mode 'maximum'; valid choices: max, min (did you mean 'max'?)"),
     ],
 )  # fmt: skip
 def test_bad_callbacks_optimizers_and_loggers_are_one_line_errors(args, expected):
