@@ -43,8 +43,9 @@ runs enter the table (so pretrained and from-scratch each get their own best lea
 to the pretraining corpus (task-adaptive pretraining, Gururangan et al. 2020): ``OUT/data/task-text.txt``, listed in
 ``data.train`` after the corpus of ``--pretrain-args``; no validation or test sentence is in it.
 ``--settings FILE`` (YAML) gives overrides for every run (``common``) and per variant and set (``pretrained: {trec:
-[...]}``), as ``scripts/transfer_settings.yaml`` holds the ones validation chose for the README's table; the
-command line's overrides come after them, so they win.
+[...]}``), as ``scripts/transfer_settings.yaml`` holds the ones validation chose for the README's table; a second
+``--settings`` layers its lists after the first's (``scripts/transfer_settings_word.yaml``: validation's changes for
+a word backbone), and the command line's overrides come after them all, so they win.
 A run whose metrics.json exists is not redone; a failed run is reported and marked, and the benchmark goes on.
 """
 
@@ -453,7 +454,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings",
         metavar="FILE",
-        help="YAML of overrides: common ones and per variant and set (scripts/transfer_settings.yaml: the README's)",
+        action="append",
+        help="YAML of overrides: common ones and per variant and set (scripts/transfer_settings.yaml: the README's); "
+        "given again, a file's lists follow the earlier files', so its overrides win",
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per fine-tuning run")
     parser.add_argument(
@@ -507,7 +510,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--select-margin sd needs a spread to compare with: give --select-seeds 2 or more")
     if args.pretrain_task_text and args.pretrained:
         parser.error("--pretrain-task-text changes the pretraining, which --pretrained skips")
-    args.loaded_settings = load_settings(args.settings) if args.settings else {}  # args.settings stays the path
+    args.loaded_settings = {}  # args.settings stays the paths
+    for path in args.settings or []:  # layered: a later file's overrides follow (and so win over) an earlier one's
+        for key, overrides in load_settings(path).items():
+            args.loaded_settings[key] = [*args.loaded_settings.get(key, []), *overrides]
     if args.pretrain_args is None:
         args.pretrain_args = QUICK_PRETRAIN if args.quick else "experiment=wikitext2_mlm"
     if args.out is None:
@@ -661,7 +667,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": args.variants,
         "seeds": args.seeds,
         "finetune_overrides": args.finetune_overrides,
-        "settings": {"file": args.settings, **args.loaded_settings} if args.settings else None,
+        "settings": {"files": args.settings, **args.loaded_settings} if args.settings else None,
         "selections": selections,
         "kim2014": {name: {"cnn_rand": KIM[name][0], "cnn_word2vec": KIM[name][1]} for name in args.sets},
         "summary": summary,

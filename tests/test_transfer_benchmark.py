@@ -295,24 +295,28 @@ def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data
     monkeypatch.setattr(tb, "cli", fake_cli)
     monkeypatch.setattr(tb, "pretrained_max_len", lambda pretrained: 64)
     argv = [f"--data={toy_data}", "--sets=cr,mpqa", "--seeds=1", "--pretrained=/nowhere", f"--out={tmp_path / 'o'}"]
-    result = tb.main([*argv, "--settings", str(settings), "task.dropout=0.3"])
+    layer = tmp_path / "layer.yaml"  # a second file layered on the first: its lists follow the first's
+    layer.write_text("common: [task.dropout=0.2]\npretrained:\n  cr: [task.pooling=mean]\n")
+    result = tb.main([*argv, "--settings", str(settings), "--settings", str(layer), "task.dropout=0.3"])
 
     def after_fixed(overrides):  # what follows the benchmark's own overrides (the last is progress_bar=none)
         return overrides[overrides.index("callbacks.progress_bar=none") + 1 :]
 
-    common = ["experiment=sentence_finetune", "~callbacks.extra"]
+    common = ["experiment=sentence_finetune", "~callbacks.extra", "task.dropout=0.2"]
     assert after_fixed(commands["cr", "pretrained-seed0"]) == [
         "data.seq_len=64",
         *common,
         "optimizer.lr=2e-3",
         "task.pooling=max",
+        "task.pooling=mean",
         "task.dropout=0.3",
     ]
     assert after_fixed(commands["cr", "scratch-seed0"]) == ["data.seq_len=64", *common, "task.dropout=0.3"]
     assert after_fixed(commands["mpqa", "pretrained-seed0"]) == ["data.seq_len=64", *common, "task.dropout=0.3"]
     # a set's own data.seq_len replaces the one fitted to the model, for that set and variant only
     assert after_fixed(commands["mpqa", "scratch-seed0"]) == [*common, "data.seq_len=16", "task.dropout=0.3"]
-    assert result["settings"]["file"] == str(settings) and result["settings"]["pretrained/cr"][1] == "task.pooling=max"
+    assert result["settings"]["files"] == [str(settings), str(layer)]
+    assert result["settings"]["pretrained/cr"] == ["optimizer.lr=2e-3", "task.pooling=max", "task.pooling=mean"]
 
     for text, message in [
         ("pretrained:\n  sst2: [optimizer.lr=1e-3]\n", "unknown set 'sst2' under pretrained; choose from trec, subj"),
@@ -326,13 +330,14 @@ def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data
             tb.main([*argv, "--settings", str(settings)])
     with pytest.raises(SystemExit, match="cannot read it .FileNotFoundError"):
         tb.main([*argv, "--settings", str(tmp_path / "missing.yaml")])
-    # the shipped file names only known sets and variants, and its overrides compose into a fine-tuning config
-    shipped = tb.load_settings(str(ROOT / "scripts" / "transfer_settings.yaml"))
-    assert {key.split("/")[0] for key in shipped} == {"common", "pretrained", "scratch"}
+    # the shipped files name only known sets and variants, and their overrides compose into a fine-tuning config
     from attnfit.cli import compose_config
 
-    for overrides in shipped.values():
-        compose_config("finetune", ["pretrained=/nowhere", *shipped["common"], *overrides])
+    shipped = tb.load_settings(str(ROOT / "scripts" / "transfer_settings.yaml"))
+    assert {key.split("/")[0] for key in shipped} == {"common", "pretrained", "scratch"}
+    word = tb.load_settings(str(ROOT / "scripts" / "transfer_settings_word.yaml"))
+    for key, overrides in [*shipped.items(), *word.items()]:
+        compose_config("finetune", ["pretrained=/nowhere", *shipped["common"], *shipped.get(key, []), *overrides])
 
 
 def test_benchmark_end_to_end_and_resumes(toy_data, pretrained, tmp_path, cache_dir):
