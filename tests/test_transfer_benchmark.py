@@ -335,9 +335,10 @@ def test_settings_file_gives_each_variant_and_set_its_own_overrides(tb, toy_data
 
     shipped = tb.load_settings(str(ROOT / "scripts" / "transfer_settings.yaml"))
     assert {key.split("/")[0] for key in shipped} == {"common", "pretrained", "scratch"}
-    word = tb.load_settings(str(ROOT / "scripts" / "transfer_settings_word.yaml"))
-    for key, overrides in [*shipped.items(), *word.items()]:
-        compose_config("finetune", ["pretrained=/nowhere", *shipped["common"], *shipped.get(key, []), *overrides])
+    word = tb.load_settings(str(ROOT / "scripts" / "transfer_settings_word.yaml"))  # layered on the first
+    for key in shipped.keys() | word.keys():
+        layered = [*shipped.get(key, []), *word.get(key, [])]
+        compose_config("finetune", ["pretrained=/nowhere", *shipped["common"], *layered])
 
 
 def test_benchmark_end_to_end_and_resumes(toy_data, pretrained, tmp_path, cache_dir):
