@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import time
@@ -27,6 +28,23 @@ def _owner(path: Path) -> dict | None:
         return None  # half-written or unreadable: treated as stale
 
 
+def _create_with(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text`` in one step, or raise FileExistsError. Another process never sees it empty
+    (which it would take for a stale lock): the text goes to a temporary that is hard-linked into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)  # atomic, and fails if path exists
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: exclusive create, then write (a short window)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def run_directory_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``RUN_DIR/run.lock`` while the block runs; ConfigError naming the owner if a live run holds it."""
@@ -34,7 +52,7 @@ def run_directory_lock(run_dir: Path) -> Iterator[None]:
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": sys.argv}
     for _ in range(2):  # the second try follows the removal of a stale lock
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create_with(path, json.dumps(record))
         except FileExistsError:
             owner = _owner(path) or {}
             pid, host = owner.get("pid"), owner.get("host")
@@ -52,8 +70,6 @@ def run_directory_lock(run_dir: Path) -> Iterator[None]:
             log.warning("removed the stale lock of PID %s (no such process): %s", pid, path)
             path.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
         break
     try:
         yield

@@ -87,3 +87,35 @@ def test_resume_refuses_overrides_it_cannot_honour(run_cli, tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
         assert f"cannot change {named} (" in proc.stderr and "in the checkpoint" in proc.stderr
     run_cli("train", *TINY, "ckpt_path=auto", "trainer.max_steps=8", f"hydra.run.dir={run_dir}")  # limits may change
+
+
+def test_the_lock_names_its_owner_from_the_instant_it_exists(tmp_path, monkeypatch):
+    """A second run that finds an empty lock takes it for a stale one and removes it, so the lock must never be
+    seen empty: what another process reads the moment each call creates the lock file is recorded."""
+    from attnfit.runs import lock
+
+    seen: list[str] = []
+
+    def observed(call):
+        def wrapper(*args, **kwargs):
+            result = call(*args, **kwargs)
+            path = tmp_path / lock.LOCK_FILE
+            seen.append(path.read_text() if path.exists() else "<none>")
+            return result
+
+        return wrapper
+
+    monkeypatch.setattr(lock.os, "link", observed(os.link))
+    monkeypatch.setattr(lock.os, "open", observed(os.open))
+    with lock.run_directory_lock(tmp_path):
+        pass
+    assert seen and all(json.loads(text)["pid"] == os.getpid() for text in seen if text != "<none>"), seen
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # released, no temporary left behind
+
+    def no_hard_links(*args, **kwargs):
+        raise PermissionError("this filesystem has no hard links")
+
+    monkeypatch.setattr(lock.os, "link", no_hard_links)
+    with lock.run_directory_lock(tmp_path):
+        assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
