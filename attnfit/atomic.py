@@ -38,13 +38,18 @@ def remove_orphans(directory: Path) -> list[Path]:
     return removed
 
 
+def temporary_beside(path: Path) -> Path:
+    """A fresh name beside ``path`` for a file on its way there (``.NAME.tmp-PID-XXXX``, which remove_orphans knows)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = False) -> None:
     """``write(tmp)`` a file (or folder) beside ``path``, then rename it to ``path``: readers see the old
     version or the new one. ``durable``: fsync the file and the folder, so the rename survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = temporary_beside(path)
     try:
         write(tmp)
         if durable and tmp.is_file():

@@ -300,10 +300,10 @@ def summarise(
         console.print(f"  {line}", markup=False)
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.exists() and trainer.global_step > 0:
-        job = HydraConfig.get() if HydraConfig.initialized() else None
-        command = job.overrides.task if job else []
+        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+        command = hydra_cfg.overrides.task if hydra_cfg else []
         # The entry point the run came from (attnfit-train +pretrained=RUN continues pretraining with train.yaml)
-        config_name = job.job.config_name if job else ("finetune" if "pretrained" in cfg else "train")
+        config_name = hydra_cfg.job.config_name if hydra_cfg else ("finetune" if "pretrained" in cfg else "train")
         entry = "attnfit-finetune" if config_name == "finetune" else "attnfit-train"
         continuation = continue_overrides(cfg, last, trainer.global_step, list(command))
         console.print(f"  {entry} {continuation}   # continue training, exactly", markup=False)

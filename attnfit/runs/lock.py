@@ -7,14 +7,13 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import socket
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from attnfit.atomic import process_alive
+from attnfit.atomic import process_alive, temporary_beside
 from attnfit.errors import ConfigError
 
 LOCK_FILE = "run.lock"
@@ -31,7 +30,7 @@ def _owner(path: Path) -> dict | None:
 def _create_with(path: Path, text: str) -> None:
     """Create ``path`` holding ``text`` in one step, or raise FileExistsError. Another process never sees it empty
     (which it would take for a stale lock): the text goes to a temporary that is hard-linked into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = temporary_beside(path)
     tmp.write_text(text)
     try:
         os.link(tmp, path)  # atomic, and fails if path exists

@@ -109,7 +109,8 @@ def test_the_lock_names_its_owner_from_the_instant_it_exists(tmp_path, monkeypat
     monkeypatch.setattr(lock.os, "open", observed(os.open))
     with lock.run_directory_lock(tmp_path):
         pass
-    assert seen and all(json.loads(text)["pid"] == os.getpid() for text in seen if text != "<none>"), seen
+    created = [text for text in seen if text != "<none>"]  # os.open may also open other files first
+    assert created and all(json.loads(text)["pid"] == os.getpid() for text in created), seen
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # released, no temporary left behind
 
     def no_hard_links(*args, **kwargs):
