@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import re
 import shlex
@@ -546,12 +547,28 @@ def task_text_override(pretrain_args: str, sets: list[str], out: Path) -> str:
     return f"data.train=[{quoted}]"
 
 
+def thread_cap_warning(environ: dict[str, str], cores: int) -> str | None:
+    """A warning when ``OMP_NUM_THREADS`` holds pretraining below the machine's cores: the setting that lets two
+    fine-tuning streams share the cores would otherwise make the recipe's hour of pretraining a slower one."""
+    value = environ.get("OMP_NUM_THREADS", "")
+    if not value.isdigit() or int(value) >= cores:
+        return None
+    return (
+        f"warning: OMP_NUM_THREADS={value} limits pretraining to {value} of this machine's {cores} cores, and a "
+        f"time-budgeted recipe then runs fewer steps; unset it for the pretraining (--pretrained RUN reuses the result)"
+    )
+
+
 def pretrain_once(out: Path, pretrain_args: str, extra: tuple[str, ...] = ()) -> Path:
     """``OUT/pretrained``: pretrained with ``attnfit-train PRETRAIN_ARGS EXTRA`` unless a finished run is there."""
     pretrained = out / "pretrained"
     if (pretrained / "metrics.json").exists():
         print(f"pretrained model: {pretrained} done already, not redone")
         return pretrained
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    warning = thread_cap_warning(dict(os.environ), cores)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if pretrained.exists():
         shutil.rmtree(pretrained)
     start = time.perf_counter()

@@ -406,3 +406,11 @@ def test_step_breakdown_times_the_pretrained_model_and_refuses_a_classifier(pret
     monkeypatch.setattr("attnfit.pretrained.load_artifact", lambda run: SimpleNamespace(task="classification"))
     with pytest.raises(ConfigError, match="is a classification model; step_breakdown times language models"):
         module.model_of("a-classifier-run")
+
+
+def test_pretraining_under_a_thread_cap_is_warned_about(tb):
+    warning = tb.thread_cap_warning({"OMP_NUM_THREADS": "1"}, 2)
+    assert warning and "OMP_NUM_THREADS=1" in warning and "1 of this machine's 2 cores" in warning
+    assert tb.thread_cap_warning({"OMP_NUM_THREADS": "2"}, 2) is None
+    assert tb.thread_cap_warning({"OMP_NUM_THREADS": "8"}, 2) is None
+    assert tb.thread_cap_warning({}, 2) is None
