@@ -1,5 +1,6 @@
 """One owner per run directory: a live run's directory refuses a second run (two real processes), a stale lock of a
-dead process is named and taken over, and a finished run's directory refuses a new run unless it continues it."""
+dead process is named and taken over, runs starting at once never share it, and a finished run's directory refuses
+a new run unless it continues it."""
 
 from __future__ import annotations
 
@@ -89,11 +90,61 @@ def test_resume_refuses_overrides_it_cannot_honour(run_cli, tmp_path):
     run_cli("train", *TINY, "ckpt_path=auto", "trainer.max_steps=8", f"hydra.run.dir={run_dir}")  # limits may change
 
 
-def test_the_lock_names_its_owner_from_the_instant_it_exists(tmp_path, monkeypatch):
-    """A second run that finds an empty lock takes it for a stale one and removes it, so the lock must never be
-    seen empty: what another process reads the moment each call creates the lock file is recorded."""
+def test_a_live_run_keeps_its_lock_however_stale_its_file_looks_and_one_of_many_starters_wins(tmp_path):
+    """The kernel's lock decides, not the file's record: a live holder whose file names a dead process is not
+    removed, and of runs starting at once into a directory with a stale lock exactly one holds it at a time."""
+    import threading
+
+    from attnfit.errors import ConfigError
     from attnfit.runs import lock
 
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0})
+    path = tmp_path / lock.LOCK_FILE
+    with lock.run_directory_lock(tmp_path):
+        path.write_text(stale)  # a live lock whose record looks stale
+        try:
+            with lock.run_directory_lock(tmp_path):
+                raise AssertionError("a held lock was taken over")
+        except ConfigError as error:
+            assert "is in use by another run" in str(error)
+    assert not path.exists()
+
+    path.write_text(stale)
+    start, holders, peak, outcomes = threading.Barrier(6), [0], [0], []
+    guard = threading.Lock()
+
+    def starter() -> None:
+        start.wait()
+        try:
+            with lock.run_directory_lock(tmp_path):
+                with guard:
+                    holders[0] += 1
+                    peak[0] = max(peak[0], holders[0])
+                time.sleep(0.3)
+                with guard:
+                    holders[0] -= 1
+            outcomes.append("ran")
+        except ConfigError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=starter) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == [1] and outcomes.count("ran") >= 1 and len(outcomes) == 6, outcomes
+    assert not path.exists()
+
+
+def test_without_flock_the_lock_names_its_owner_from_the_instant_it_exists(tmp_path, monkeypatch):
+    """Where the filesystem has no flock the file's existence is the lock, and a second run that finds it empty
+    takes it for a stale one, so it must never be seen empty: what another process reads the moment each call
+    creates the lock file is recorded."""
+    from attnfit.runs import lock
+
+    monkeypatch.setattr(lock, "fcntl", None)
     seen: list[str] = []
 
     def observed(call):
