@@ -101,7 +101,7 @@ def _flock(path: Path, record: dict) -> int | None:
         previous = _parse(os.pread(fd, 1 << 16, 0))
         if previous:
             log.warning(
-                "removed the stale lock of PID %s (it ended without releasing it): %s", previous.get("pid"), path
+                "took over the stale lock of PID %s (it ended without releasing it): %s", previous.get("pid"), path
             )
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)

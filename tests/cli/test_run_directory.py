@@ -51,7 +51,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(run_cli, tmp_path):
     dead.wait()
     (run_dir / "run.lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0}))
     proc = run_cli("train", *TINY, f"hydra.run.dir={run_dir}")
-    assert f"removed the stale lock of PID {dead.pid}" in proc.stdout + proc.stderr
+    assert f"took over the stale lock of PID {dead.pid}" in proc.stdout + proc.stderr
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert not (run_dir / "run.lock").exists()
 
