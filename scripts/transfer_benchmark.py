@@ -555,7 +555,7 @@ def thread_cap_warning(environ: dict[str, str], cores: int) -> str | None:
         return None
     return (
         f"warning: OMP_NUM_THREADS={value} limits pretraining to {value} of this machine's {cores} cores, and a "
-        f"time-budgeted recipe then runs fewer steps; unset it for the pretraining (--pretrained RUN reuses the result)"
+        "time-budgeted recipe then runs fewer steps; unset it for the pretraining (--pretrained RUN reuses the result)"
     )
 
 

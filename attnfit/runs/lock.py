@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from attnfit.atomic import process_alive, temporary_beside
 from attnfit.errors import ConfigError
@@ -89,6 +90,8 @@ def _flock(path: Path, record: dict) -> int | None:
             os.close(fd)
             _refuse(_owner_soon(path), path.parent)
         except OSError:  # no flock here (some network filesystems)
+            if os.fstat(fd).st_size == 0:  # the empty file this call created: the fallback would take it for stale
+                path.unlink(missing_ok=True)
             os.close(fd)
             return None
         try:
@@ -116,7 +119,7 @@ def _owner_soon(path: Path, wait: float = 1.0) -> dict:
     return owner or {}
 
 
-def _refuse(owner: dict, run_dir: Path) -> None:
+def _refuse(owner: dict, run_dir: Path) -> NoReturn:
     pid = owner.get("pid")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
     who = f" (PID {pid}, started {since})" if isinstance(pid, int) else ""

@@ -171,3 +171,18 @@ def test_without_flock_the_lock_names_its_owner_from_the_instant_it_exists(tmp_p
     with lock.run_directory_lock(tmp_path):
         assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_filesystem_without_flock_falls_back_to_the_file_lock_quietly(tmp_path, monkeypatch, caplog):
+    """flock refused (as some network filesystems do): the empty file its attempt created is not then taken for a
+    stale lock, and the fallback lock still holds and is released."""
+    from attnfit.runs import lock
+
+    def refused(fd, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(lock.fcntl, "flock", refused)
+    with caplog.at_level("WARNING", logger="attnfit"), lock.run_directory_lock(tmp_path):
+        assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "stale" not in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
