@@ -68,6 +68,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # scripts/: `bench` imports from any working directory
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench.common import usable_cpus
+
 # Kim (2014), "Convolutional Neural Networks for Sentence Classification", test accuracy in %.
 KIM = {"trec": (91.2, 93.6), "subj": (89.6, 93.4), "cr": (79.8, 85.0), "mpqa": (83.4, 89.6)}
 # set name -> (train file, official test file or None)
@@ -565,8 +570,7 @@ def pretrain_once(out: Path, pretrain_args: str, extra: tuple[str, ...] = ()) ->
     if (pretrained / "metrics.json").exists():
         print(f"pretrained model: {pretrained} done already, not redone")
         return pretrained
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    warning = thread_cap_warning(dict(os.environ), cores)
+    warning = thread_cap_warning(dict(os.environ), usable_cpus())
     if warning:
         print(warning, file=sys.stderr, flush=True)
     if pretrained.exists():
