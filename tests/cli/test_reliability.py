@@ -148,14 +148,30 @@ def _interrupt_at(proc: subprocess.Popen, run_dir: Path, step: int, signum: int)
     return proc.returncode, stderr
 
 
+def _trail(run_dir: Path) -> str:
+    """The interrupts and resumes of a run, from its log: what a failure of an exact-resume test needs to be
+    reproduced (the steps are drawn at random and the stops land where the signal's timing puts them)."""
+    lines = (run_dir / "train.log").read_text().splitlines()
+    events = [line for line in lines if any(k in line for k in ("received", "resuming from", "stopped after"))]
+    steps = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    return "\n".join([*events, f"checkpoints: {steps}"])
+
+
 def _assert_same_state(resumed: Path, reference: Path) -> None:
     a = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 20
-    assert a["lr_schedulers"] == b["lr_schedulers"]  # the same schedule position
-    assert a["loops"]["fit_loop"]["state_dict"] == b["loops"]["fit_loop"]["state_dict"]  # the same data position
+    assert a["global_step"] == b["global_step"] == 20, _trail(resumed)
+    assert a["lr_schedulers"] == b["lr_schedulers"], _trail(resumed)  # the same schedule position
+    a_loop, b_loop = a["loops"]["fit_loop"], b["loops"]["fit_loop"]
+    assert a_loop["state_dict"] == b_loop["state_dict"], _trail(resumed)  # the same data position
+    # The counters behind it, but "completed": a final checkpoint written after the last batch's hooks and one
+    # written in them (by a validation at that step) are both exact states to continue from.
+    counters = [(a_loop[k], b_loop[k]) for k in ("epoch_progress", "epoch_loop.batch_progress")]
+    for scope in ("total", "current"):
+        for a_count, b_count in counters:
+            assert {**a_count[scope], "completed": 0} == {**b_count[scope], "completed": 0}, _trail(resumed)
     for name, tensor in b["state_dict"].items():
-        assert torch.equal(a["state_dict"][name], tensor), name  # bit-identical weights
+        assert torch.equal(a["state_dict"][name], tensor), f"{name}\n{_trail(resumed)}"  # bit-identical weights
     for key, state in b["optimizer_states"][0]["state"].items():
         assert torch.equal(a["optimizer_states"][0]["state"][key]["exp_avg"], state["exp_avg"])
 
