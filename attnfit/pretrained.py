@@ -177,9 +177,17 @@ def recorded_best(checkpoints: Path) -> Path | None:
 
 
 def newest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, list[str]]:
-    """The most recent checkpoint of a run directory that loads, and a note for each broken one skipped."""
+    """The most recent checkpoint of a run directory that loads, and a note for each broken one skipped.
+
+    Files written within one tick of the file system's clock (a few milliseconds: a step's checkpoint and the
+    ``last.ckpt`` saved after it on SIGTERM) share a modification time; ``last.ckpt`` then comes first, and
+    other ties go by name, so the choice never depends on the order the directory lists them in."""
     directory = Path(run_dir) / "checkpoints"
-    candidates = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def recency(path: Path) -> tuple[int, bool, str]:
+        return path.stat().st_mtime_ns, path.name == "last.ckpt", path.name
+
+    candidates = sorted(directory.glob("*.ckpt"), key=recency, reverse=True)
     skipped = []
     for path in candidates:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,6 +253,21 @@ def test_continuing_from_an_epoch_boundary_and_after_sigterm_is_exact(cache_dir,
     continued = tmp_path / "continued-sigterm"
     _train_to_end(cache_dir, continued, SPAN, f"ckpt_path={stopped / 'checkpoints' / 'last.ckpt'}")
     _assert_same_state(continued, uninterrupted)
+
+
+def test_resuming_a_run_directory_takes_its_newest_checkpoint_and_last_ckpt_on_a_clock_tie(stopped_at_13, tmp_path):
+    from attnfit.pretrained import newest_valid_checkpoint
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped_at_13 / "checkpoints", run_dir / "checkpoints")
+    files = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert {"last.ckpt", "step000013.ckpt"} <= {f.name for f in files}
+    tick = time.time_ns()
+    for path in files:  # all written within one tick of the file system's clock
+        os.utime(path, ns=(tick, tick))
+    assert newest_valid_checkpoint(run_dir)[0].name == "last.ckpt"
+    os.utime(run_dir / "checkpoints" / "step000012.ckpt", ns=(tick + 1, tick + 1))
+    assert newest_valid_checkpoint(run_dir)[0].name == "step000012.ckpt"
 
 
 def test_the_suggested_continue_command_keeps_the_schedule(stopped_at_13):
