@@ -154,8 +154,8 @@ def _trail(run_dir: Path) -> str:
     reproduced (the steps are drawn at random and the stops land where the signal's timing puts them)."""
     lines = (run_dir / "train.log").read_text().splitlines()
     events = [line for line in lines if any(k in line for k in ("received", "resuming from", "stopped after"))]
-    steps = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
-    return "\n".join([*events, f"checkpoints: {steps}"])
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    return "\n".join([*events, f"checkpoints: {names}"])
 
 
 def _assert_same_state(resumed: Path, reference: Path) -> None:
@@ -167,10 +167,10 @@ def _assert_same_state(resumed: Path, reference: Path) -> None:
     assert a_loop["state_dict"] == b_loop["state_dict"], _trail(resumed)  # the same data position
     # The counters behind it, but "completed": a final checkpoint written after the last batch's hooks and one
     # written in them (by a validation at that step) are both exact states to continue from.
-    counters = [(a_loop[k], b_loop[k]) for k in ("epoch_progress", "epoch_loop.batch_progress")]
-    for scope in ("total", "current"):
-        for a_count, b_count in counters:
-            assert {**a_count[scope], "completed": 0} == {**b_count[scope], "completed": 0}, _trail(resumed)
+    for key in ("epoch_progress", "epoch_loop.batch_progress"):
+        for scope in ("total", "current"):
+            a_count, b_count = a_loop[key][scope], b_loop[key][scope]
+            assert {**a_count, "completed": 0} == {**b_count, "completed": 0}, f"{key}\n{_trail(resumed)}"
     for name, tensor in b["state_dict"].items():
         assert torch.equal(a["state_dict"][name], tensor), f"{name}\n{_trail(resumed)}"  # bit-identical weights
     for key, state in b["optimizer_states"][0]["state"].items():
